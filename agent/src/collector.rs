@@ -1,0 +1,426 @@
+//! Stage 3 of the data flow: the collector thread.
+//!
+//! Every cycle (25 ms) it
+//! 1. drains the sample buffer, interning each stack and thread and offering
+//!    the observation to every active capture;
+//! 2. lists the process's threads: new ones are registered, their names
+//!    read and (once the stack-region table includes them) their timers
+//!    armed; exited ones are unregistered and their timers deleted;
+//! 3. checks the loader's counters and, when a library was loaded or
+//!    unloaded or new thread stacks appeared, rebuilds the unwind tables and
+//!    publishes them to the handler.
+//!
+//! Draining comes before scanning so that a thread's last samples are named
+//! before the thread is forgotten.
+//!
+//! Readers (`record`, later the HTTP endpoint) share the aggregation state
+//! through [`Store`]; they lock it briefly to register a capture or copy its
+//! results out. The handler never touches it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::aggregate::stacks::{StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable};
+use crate::aggregate::{Aggregate, Capture, Observation};
+use crate::buffer::{FLAG_TRUNCATED, Record};
+use crate::handler::{SamplerShared, monotonic_now_ns};
+use crate::symbolize::ModuleMap;
+use crate::threads;
+use crate::timer::TimerEngine;
+use crate::unwind::UnwindTables;
+use crate::unwind::modules::{self, LoadGeneration, LoadedModule};
+use crate::unwind::published::Retired;
+use crate::unwind::regions::StackRegions;
+
+/// How often the collector wakes.
+pub(crate) const CYCLE: Duration = Duration::from_millis(25);
+
+/// Most captures that may run at once; each holds its own aggregate.
+pub(crate) const MAX_CAPTURES: usize = 32;
+
+/// Counters the collector publishes for `stats()`.
+#[derive(Default)]
+pub(crate) struct CollectorCounters {
+    pub(crate) threads_sampled: AtomicUsize,
+    pub(crate) timers_armed: AtomicUsize,
+    pub(crate) cpu_ns: AtomicU64,
+    pub(crate) samples_collected: AtomicU64,
+    pub(crate) dropped_stack_table_full: AtomicU64,
+    pub(crate) dropped_aggregate_full: AtomicU64,
+    pub(crate) table_rebuilds: AtomicU64,
+    pub(crate) tables_leaked: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) unwind_data_bytes: AtomicU64,
+    pub(crate) table_bytes: AtomicU64,
+}
+
+/// Aggregation state shared between the collector and readers.
+pub(crate) struct Store {
+    state: Mutex<StoreState>,
+    /// Signalled after every drain.
+    drained: Condvar,
+}
+
+pub(crate) struct StoreState {
+    pub(crate) stacks: StackTable,
+    pub(crate) threads: ThreadTable,
+    captures: Vec<Capture>,
+    next_capture_id: u64,
+    capture_capacity: usize,
+    /// Every record stamped before this (monotonic ns) has been drained,
+    /// except records a handler was still writing at that instant.
+    pub(crate) drained_through_ns: u64,
+    /// Modules for symbolisation, replaced when the loaded set changes.
+    pub(crate) modules: Arc<ModuleMap>,
+}
+
+/// A capture's results with stacks expanded, ready for symbolisation.
+pub(crate) struct CaptureResult {
+    /// (lookup addresses leaf first, thread, weight).
+    pub(crate) stacks: Vec<(Vec<u64>, ThreadInfo, u64)>,
+    pub(crate) modules: Arc<ModuleMap>,
+}
+
+/// Why a capture could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooManyCaptures;
+
+impl Store {
+    pub(crate) fn new(stack_capacity: usize, modules: Arc<ModuleMap>) -> Self {
+        Store {
+            state: Mutex::new(StoreState {
+                stacks: StackTable::with_capacity(stack_capacity),
+                threads: ThreadTable::with_capacity(threads::MAX_THREADS * 4),
+                captures: Vec::new(),
+                next_capture_id: 1,
+                capture_capacity: stack_capacity,
+                drained_through_ns: 0,
+                modules,
+            }),
+            drained: Condvar::new(),
+        }
+    }
+
+    /// Locks the state. A panic elsewhere while holding the lock leaves the
+    /// tables consistent (every mutation is a single insert), so poisoning
+    /// is ignored rather than propagated into the host.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts counting samples stamped in `[start_ns, end_ns)`.
+    pub(crate) fn begin_capture(&self, start_ns: u64, end_ns: u64) -> Result<u64, TooManyCaptures> {
+        let mut state = self.lock();
+        if state.captures.len() >= MAX_CAPTURES {
+            return Err(TooManyCaptures);
+        }
+        let id = state.next_capture_id;
+        state.next_capture_id += 1;
+        let aggregate = Aggregate::with_capacity(state.capture_capacity);
+        state.captures.push(Capture {
+            id,
+            start_ns,
+            end_ns,
+            aggregate,
+        });
+        Ok(id)
+    }
+
+    /// Waits until the collector has drained everything stamped before
+    /// `through_ns`; false on timeout.
+    pub(crate) fn wait_drained(&self, through_ns: u64, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .drained
+            .wait_timeout_while(state, timeout, |s| s.drained_through_ns < through_ns)
+            .unwrap_or_else(|p| p.into_inner());
+        state.drained_through_ns >= through_ns
+    }
+
+    /// Removes the capture and expands its stacks.
+    pub(crate) fn finish_capture(&self, id: u64) -> Option<CaptureResult> {
+        let mut state = self.lock();
+        let index = state.captures.iter().position(|c| c.id == id)?;
+        let capture = state.captures.swap_remove(index);
+        Some(state.expand(&capture.aggregate))
+    }
+
+    /// Forgets a capture without reading it.
+    pub(crate) fn cancel_capture(&self, id: u64) {
+        self.lock().captures.retain(|c| c.id != id);
+    }
+}
+
+impl StoreState {
+    /// Expands an aggregate's interned keys into addresses and thread info.
+    pub(crate) fn expand(&self, aggregate: &Aggregate) -> CaptureResult {
+        let stacks = aggregate
+            .iter()
+            .filter_map(|(stack, thread, weight)| {
+                let mut frames = Vec::new();
+                self.stacks.frames_into(stack, &mut frames);
+                Some((frames, self.threads.get(thread)?.clone(), weight))
+            })
+            .collect();
+        CaptureResult {
+            stacks,
+            modules: Arc::clone(&self.modules),
+        }
+    }
+
+    /// Every stack and thread a live sink refers to.
+    fn live_keys(&self) -> (HashSet<StackId>, HashSet<ThreadKey>) {
+        let mut stacks = HashSet::new();
+        let mut threads = HashSet::new();
+        for capture in &self.captures {
+            for (s, t, _) in capture.aggregate.iter() {
+                stacks.insert(s);
+                threads.insert(t);
+            }
+        }
+        (stacks, threads)
+    }
+
+    /// Drops stacks and threads no sink refers to any more.
+    fn compact(&mut self) {
+        let (live_stacks, live_threads) = self.live_keys();
+        let stacks = self.stacks.compact(live_stacks);
+        let threads = self.threads.compact(live_threads);
+        for capture in &mut self.captures {
+            capture.aggregate.remap(&stacks, &threads);
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.stacks.memory_bytes()
+            + self.threads.memory_bytes()
+            + self.captures.iter().map(|c| c.aggregate.memory_bytes()).sum::<usize>()
+    }
+}
+
+/// The collector's own state, owned by its thread.
+pub(crate) struct Collector {
+    shared: Arc<SamplerShared>,
+    store: Arc<Store>,
+    counters: Arc<CollectorCounters>,
+    engine: Box<dyn TimerEngine>,
+    modules: Vec<LoadedModule>,
+    load_generation: LoadGeneration,
+    /// Threads being sampled, sorted.
+    known: Vec<i32>,
+    /// Threads of the agent itself, never sampled.
+    own_threads: Arc<Mutex<HashSet<i32>>>,
+    names: HashMap<i32, String>,
+    /// Threads whose name is read once more on the next cycle: a new thread
+    /// often names itself just after it starts.
+    rename_pending: Vec<i32>,
+    listing: Vec<i32>,
+}
+
+impl Collector {
+    pub(crate) fn new(
+        shared: Arc<SamplerShared>,
+        store: Arc<Store>,
+        counters: Arc<CollectorCounters>,
+        engine: Box<dyn TimerEngine>,
+        modules: Vec<LoadedModule>,
+        own_threads: Arc<Mutex<HashSet<i32>>>,
+    ) -> Self {
+        counters.unwind_data_bytes.store(
+            modules.iter().map(|m| m.unwind_bytes as u64).sum(),
+            Relaxed,
+        );
+        Collector {
+            shared,
+            store,
+            counters,
+            engine,
+            modules,
+            load_generation: modules::load_generation(),
+            known: Vec::new(),
+            own_threads,
+            names: HashMap::new(),
+            rename_pending: Vec::new(),
+            listing: Vec::new(),
+        }
+    }
+
+    /// Runs cycles until `stop` is set, then disarms every timer.
+    pub(crate) fn run(mut self, stop: &AtomicBool) {
+        threads::name_current_thread(c"smolder-collect");
+        self.own_threads.lock().unwrap_or_else(|p| p.into_inner()).insert(threads::current_tid());
+        while !stop.load(Relaxed) {
+            std::thread::park_timeout(CYCLE);
+            // A panic in one cycle must not end sampling for good, nor reach
+            // the host: count nothing twice, drop the cycle, carry on.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cycle()));
+        }
+        self.engine.stop();
+        self.counters.timers_armed.store(0, Relaxed);
+        // Samples already in the buffer still count for captures in progress.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain()));
+    }
+
+    fn cycle(&mut self) {
+        self.drain();
+        self.scan();
+        self.counters.cpu_ns.store(thread_cpu_ns(), Relaxed);
+    }
+
+    /// Moves every published record into the aggregates.
+    pub(crate) fn drain(&mut self) {
+        let now = monotonic_now_ns();
+        let mut state = self.store.lock();
+        if state.stacks.is_nearly_full() {
+            state.compact();
+            self.counters.compactions.fetch_add(1, Relaxed);
+        }
+        let mut root_first = Vec::new();
+        loop {
+            // SAFETY: the collector thread is the buffer's only consumer.
+            let ingested = unsafe {
+                self.shared
+                    .buffer
+                    .pop_with(|record| ingest(&mut state, &self.counters, &mut self.names, record, &mut root_first))
+            };
+            if ingested.is_none() {
+                break;
+            }
+        }
+        state.drained_through_ns = now;
+        self.counters.table_bytes.store(state.memory_bytes() as u64, Relaxed);
+        drop(state);
+        self.store.drained.notify_all();
+    }
+
+    /// Reconciles the set of sampled threads with `/proc/self/task`, and
+    /// the unwind tables with the loaded modules.
+    pub(crate) fn scan(&mut self) {
+        if threads::list_tids(&mut self.listing).is_err() {
+            return;
+        }
+        {
+            let own = self.own_threads.lock().unwrap_or_else(|p| p.into_inner());
+            self.listing.retain(|tid| !own.contains(tid));
+        }
+        let started: Vec<i32> = self
+            .listing
+            .iter()
+            .copied()
+            .filter(|t| self.known.binary_search(t).is_err())
+            .collect();
+        let exited: Vec<i32> = self
+            .known
+            .iter()
+            .copied()
+            .filter(|t| self.listing.binary_search(t).is_err())
+            .collect();
+
+        let generation = modules::load_generation();
+        let modules_changed = generation != self.load_generation;
+        if modules_changed || !started.is_empty() {
+            self.refresh_tables(modules_changed, generation);
+        }
+
+        // Registration and arming come after the refresh: a thread is only
+        // sampled once the published stack regions include its stack.
+        for &tid in &started {
+            threads::registry().register(tid);
+        }
+        for &tid in &exited {
+            threads::registry().unregister(tid);
+            self.names.remove(&tid);
+        }
+        self.engine.track(&started, &exited);
+
+        for tid in std::mem::take(&mut self.rename_pending) {
+            if let Some(name) = threads::thread_name(tid) {
+                self.names.insert(tid, name);
+            }
+        }
+        for &tid in &started {
+            if let Some(name) = threads::thread_name(tid) {
+                self.names.insert(tid, name);
+            }
+        }
+        self.rename_pending = started;
+
+        std::mem::swap(&mut self.known, &mut self.listing);
+        self.counters.threads_sampled.store(self.known.len(), Relaxed);
+        self.counters.timers_armed.store(self.engine.armed(), Relaxed);
+    }
+
+    fn refresh_tables(&mut self, modules_changed: bool, generation: LoadGeneration) {
+        if modules_changed {
+            self.modules = modules::enumerate(&self.modules);
+            self.load_generation = generation;
+            let mut state = self.store.lock();
+            state.modules = Arc::new(state.modules.updated(&self.modules));
+            self.counters.unwind_data_bytes.store(
+                self.modules.iter().map(|m| m.unwind_bytes as u64).sum(),
+                Relaxed,
+            );
+        }
+        let Ok(regions) = StackRegions::read() else {
+            return;
+        };
+        let tables = Box::new(UnwindTables::new(&self.modules, regions));
+        self.counters.table_rebuilds.fetch_add(1, Relaxed);
+        if self.shared.tables.publish(tables, Duration::from_millis(500)) == Retired::Leaked {
+            self.counters.tables_leaked.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Interns one record and offers it to every capture.
+fn ingest(
+    state: &mut StoreState,
+    counters: &CollectorCounters,
+    names: &mut HashMap<i32, String>,
+    record: &Record,
+    root_first: &mut Vec<u64>,
+) {
+    counters.samples_collected.fetch_add(1, Relaxed);
+    root_first.clear();
+    if record.flags & FLAG_TRUNCATED != 0 {
+        root_first.push(TRUNCATED_FRAME);
+    }
+    let stack = record.stack();
+    // Callers' return addresses point after the call; minus one lands inside
+    // it, on the line that made the call.
+    root_first.extend(stack.iter().enumerate().rev().map(|(i, &address)| {
+        if i == 0 { address } else { address.saturating_sub(1) }
+    }));
+    let Some(stack_id) = state.stacks.intern(root_first.iter().copied()) else {
+        counters.dropped_stack_table_full.fetch_add(1, Relaxed);
+        return;
+    };
+    let name = names
+        .entry(record.tid)
+        .or_insert_with(|| threads::thread_name(record.tid).unwrap_or_else(|| format!("thread-{}", record.tid)));
+    let Some(thread) = state.threads.intern(record.tid, name) else {
+        counters.dropped_aggregate_full.fetch_add(1, Relaxed);
+        return;
+    };
+    let observation = Observation {
+        stack: stack_id,
+        thread,
+        weight: u64::from(record.weight),
+        timestamp_ns: record.timestamp_ns,
+    };
+    for capture in &mut state.captures {
+        if !capture.offer(&observation) {
+            counters.dropped_aggregate_full.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; the thread CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}

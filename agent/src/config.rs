@@ -1,0 +1,421 @@
+//! Settings: defaults, `SMOLDER_*` environment overrides, and the builder.
+//!
+//! Precedence, lowest to highest: built-in defaults, environment variables,
+//! explicit [`AgentBuilder`] calls. One exception: `SMOLDER_ENABLED=false`
+//! always wins, because it is the operator's kill switch and must work without
+//! a code change.
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+use crate::Error;
+
+/// How the signal handler walks the interrupted thread's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Unwinder {
+    /// DWARF call-frame information from each module's `.eh_frame`: works on a
+    /// default `cargo build --release`, which omits frame pointers.
+    #[default]
+    Dwarf,
+    /// Follow the frame-pointer chain. Cheaper, but only correct for code
+    /// built with `-C force-frame-pointers=yes` (and libraries likewise).
+    FramePointers,
+}
+
+/// Which timer drives sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Engine {
+    /// Per-thread CPU timers where the kernel offers them, else `setitimer`.
+    #[default]
+    Auto,
+    /// One `timer_create` CPU-time timer per thread, each signalling its own
+    /// thread: every busy thread is sampled in proportion to its own CPU.
+    PerThreadTimers,
+    /// One process-wide `setitimer(ITIMER_PROF)`. Capped at one signal per
+    /// kernel tick for the whole process and biased on many cores; only a
+    /// fallback.
+    Setitimer,
+}
+
+impl Engine {
+    /// The name used in `SMOLDER_ENGINE` and in stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::PerThreadTimers => "per-thread-timers",
+            Engine::Setitimer => "setitimer",
+        }
+    }
+}
+
+impl Unwinder {
+    /// The name used in `SMOLDER_UNWINDER` and in stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unwinder::Dwarf => "dwarf",
+            Unwinder::FramePointers => "frame-pointers",
+        }
+    }
+}
+
+/// Settings after defaults, environment and builder calls are merged.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) enabled: bool,
+    pub(crate) frequency_hz: u32,
+    pub(crate) max_depth: usize,
+    pub(crate) unwinder: Unwinder,
+    pub(crate) engine: Engine,
+    pub(crate) buffer_records: usize,
+    pub(crate) stack_table_capacity: usize,
+}
+
+/// A bounded integer setting: its environment variable, builder name and range.
+struct Bounded {
+    var: &'static str,
+    setting: &'static str,
+    min: u64,
+    max: u64,
+    expected: &'static str,
+}
+
+const FREQUENCY: Bounded = Bounded {
+    var: "SMOLDER_FREQUENCY_HZ",
+    setting: "frequency_hz",
+    min: 1,
+    max: 10_000,
+    expected: "an integer from 1 to 10000 (samples per CPU-second per thread)",
+};
+const MAX_DEPTH: Bounded = Bounded {
+    var: "SMOLDER_MAX_DEPTH",
+    setting: "max_depth",
+    min: 8,
+    max: 1024,
+    expected: "an integer from 8 to 1024 (frames per sample)",
+};
+const BUFFER_RECORDS: Bounded = Bounded {
+    var: "SMOLDER_BUFFER_RECORDS",
+    setting: "buffer_records",
+    min: 16,
+    max: 1 << 16,
+    expected: "an integer from 16 to 65536 (samples in flight between handler and collector)",
+};
+const STACK_TABLE: Bounded = Bounded {
+    var: "SMOLDER_STACK_TABLE_CAPACITY",
+    setting: "stack_table_capacity",
+    min: 1024,
+    max: 1 << 24,
+    expected: "an integer from 1024 to 16777216 (interned stack nodes)",
+};
+
+impl Bounded {
+    fn check(&self, value: u64) -> Result<u64, Error> {
+        if (self.min..=self.max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(Error::InvalidSetting {
+                setting: self.setting,
+                value: value.to_string(),
+                expected: self.expected,
+            })
+        }
+    }
+
+    /// Reads the variable: `Ok(None)` when unset, an error naming the variable
+    /// and its range when set to anything but an in-range integer.
+    fn from_env(&self, env: &impl Env) -> Result<Option<u64>, Error> {
+        let Some(raw) = env.var(self.var) else {
+            return Ok(None);
+        };
+        raw.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|v| (self.min..=self.max).contains(v))
+            .map(Some)
+            .ok_or(Error::InvalidEnvironment {
+                var: self.var,
+                value: raw,
+                expected: self.expected,
+            })
+    }
+
+    fn resolve(&self, explicit: Option<u64>, env: &impl Env, default: u64) -> Result<u64, Error> {
+        match explicit {
+            Some(value) => self.check(value),
+            None => Ok(self.from_env(env)?.unwrap_or(default)),
+        }
+    }
+}
+
+/// Where environment variables come from; a trait so tests can supply a map.
+pub(crate) trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub(crate) struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+fn parse_choice<T: Copy>(
+    env: &impl Env,
+    var: &'static str,
+    expected: &'static str,
+    choices: &[(&str, T)],
+) -> Result<Option<T>, Error> {
+    let Some(raw) = env.var(var) else {
+        return Ok(None);
+    };
+    let wanted = raw.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|(name, _)| *name == wanted)
+        .map(|&(_, value)| Some(value))
+        .ok_or(Error::InvalidEnvironment {
+            var,
+            value: raw,
+            expected,
+        })
+}
+
+fn parse_bool(env: &impl Env, var: &'static str) -> Result<Option<bool>, Error> {
+    parse_choice(
+        env,
+        var,
+        "true or false (also 1/0, yes/no, on/off)",
+        &[
+            ("true", true),
+            ("1", true),
+            ("yes", true),
+            ("on", true),
+            ("false", false),
+            ("0", false),
+            ("no", false),
+            ("off", false),
+        ],
+    )
+}
+
+/// Configures and starts an [`Agent`](crate::Agent).
+///
+/// Every setting has a `SMOLDER_*` environment variable; a value set here
+/// overrides it.
+///
+/// ```no_run
+/// let agent = smolder::Agent::builder()
+///     .frequency_hz(999)
+///     .max_depth(256)
+///     .start()?;
+/// # Ok::<(), smolder::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct AgentBuilder {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) frequency_hz: Option<u64>,
+    pub(crate) max_depth: Option<u64>,
+    pub(crate) unwinder: Option<Unwinder>,
+    pub(crate) engine: Option<Engine>,
+    pub(crate) buffer_records: Option<u64>,
+    pub(crate) stack_table_capacity: Option<u64>,
+}
+
+impl AgentBuilder {
+    /// Samples per CPU-second of each thread (`SMOLDER_FREQUENCY_HZ`, default
+    /// 99, 1 to 10 000). A prime-ish default avoids lock-step with periodic work.
+    pub fn frequency_hz(mut self, hz: u32) -> Self {
+        self.frequency_hz = Some(hz.into());
+        self
+    }
+
+    /// Whether to profile at all (`SMOLDER_ENABLED`, default true).
+    /// `SMOLDER_ENABLED=false` in the environment overrides `true` here.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+
+    /// Deepest stack recorded, in frames (`SMOLDER_MAX_DEPTH`, default 128,
+    /// 8 to 1024). Deeper stacks keep their leaf-most frames and are marked
+    /// `[truncated]` at the root.
+    pub fn max_depth(mut self, frames: usize) -> Self {
+        self.max_depth = Some(frames as u64);
+        self
+    }
+
+    /// Stack-walking method (`SMOLDER_UNWINDER=dwarf|frame-pointers`,
+    /// default `dwarf`).
+    pub fn unwinder(mut self, unwinder: Unwinder) -> Self {
+        self.unwinder = Some(unwinder);
+        self
+    }
+
+    /// Timer engine (`SMOLDER_ENGINE=auto|per-thread-timers|setitimer`,
+    /// default `auto`).
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Capacity of the lock-free buffer between the signal handler and the
+    /// collector, in samples (`SMOLDER_BUFFER_RECORDS`, default 1024, rounded
+    /// up to a power of two). When it is full, samples are dropped and counted.
+    pub fn buffer_records(mut self, records: usize) -> Self {
+        self.buffer_records = Some(records as u64);
+        self
+    }
+
+    /// Capacity of the interned-stack table, in stack nodes
+    /// (`SMOLDER_STACK_TABLE_CAPACITY`, default 65536). Each node is one
+    /// (caller stack, frame) pair; identical stack prefixes share nodes.
+    pub fn stack_table_capacity(mut self, nodes: usize) -> Self {
+        self.stack_table_capacity = Some(nodes as u64);
+        self
+    }
+
+    /// Starts the agent with these settings. See [`crate::start`].
+    pub fn start(self) -> Result<crate::Agent, Error> {
+        let config = self.resolve(&ProcessEnv)?;
+        crate::Agent::start_with(config)
+    }
+
+    /// Merges defaults, environment and explicit settings, validating each.
+    pub(crate) fn resolve(&self, env: &impl Env) -> Result<Config, Error> {
+        let env_enabled = parse_bool(env, "SMOLDER_ENABLED")?;
+        let enabled = env_enabled != Some(false) && self.enabled.or(env_enabled).unwrap_or(true);
+        let unwinder = match self.unwinder {
+            Some(u) => u,
+            None => parse_choice(
+                env,
+                "SMOLDER_UNWINDER",
+                "dwarf or frame-pointers",
+                &[
+                    ("dwarf", Unwinder::Dwarf),
+                    ("frame-pointers", Unwinder::FramePointers),
+                    ("frame-pointer", Unwinder::FramePointers),
+                    ("fp", Unwinder::FramePointers),
+                ],
+            )?
+            .unwrap_or_default(),
+        };
+        let engine = match self.engine {
+            Some(e) => e,
+            None => parse_choice(
+                env,
+                "SMOLDER_ENGINE",
+                "auto, per-thread-timers or setitimer",
+                &[
+                    ("auto", Engine::Auto),
+                    ("per-thread-timers", Engine::PerThreadTimers),
+                    ("setitimer", Engine::Setitimer),
+                ],
+            )?
+            .unwrap_or_default(),
+        };
+        Ok(Config {
+            enabled,
+            frequency_hz: FREQUENCY.resolve(self.frequency_hz, env, 99)? as u32,
+            max_depth: MAX_DEPTH.resolve(self.max_depth, env, 128)? as usize,
+            unwinder,
+            engine,
+            buffer_records: (BUFFER_RECORDS.resolve(self.buffer_records, env, 1024)? as usize)
+                .next_power_of_two(),
+            stack_table_capacity: STACK_TABLE.resolve(self.stack_table_capacity, env, 1 << 16)?
+                as usize,
+        })
+    }
+}
+
+/// Parses `value` as `T`, mapping failure to an [`Error::InvalidEnvironment`].
+#[allow(dead_code)]
+pub(crate) fn parse_env<T: FromStr>(
+    var: &'static str,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, Error>
+where
+    T::Err: Display,
+{
+    value.trim().parse().map_err(|_| Error::InvalidEnvironment {
+        var,
+        value: value.to_owned(),
+        expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
+        MapEnv(pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn defaults_apply_without_environment() {
+        let config = AgentBuilder::default().resolve(&env(&[])).unwrap();
+        assert!(config.enabled);
+        assert_eq!(config.frequency_hz, 99);
+        assert_eq!(config.max_depth, 128);
+        assert_eq!(config.unwinder, Unwinder::Dwarf);
+        assert_eq!(config.engine, Engine::Auto);
+        assert_eq!(config.buffer_records, 1024);
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_builder_overrides_environment() {
+        let e = env(&[("SMOLDER_FREQUENCY_HZ", "250"), ("SMOLDER_MAX_DEPTH", "64")]);
+        let config = AgentBuilder::default().resolve(&e).unwrap();
+        assert_eq!((config.frequency_hz, config.max_depth), (250, 64));
+        let config = AgentBuilder::default().frequency_hz(999).resolve(&e).unwrap();
+        assert_eq!((config.frequency_hz, config.max_depth), (999, 64));
+    }
+
+    #[test]
+    fn kill_switch_beats_the_builder() {
+        let e = env(&[("SMOLDER_ENABLED", "false")]);
+        assert!(!AgentBuilder::default().enabled(true).resolve(&e).unwrap().enabled);
+        assert!(!AgentBuilder::default().enabled(false).resolve(&env(&[])).unwrap().enabled);
+    }
+
+    #[test]
+    fn invalid_environment_names_variable_and_range() {
+        for bad in ["abc", "0", "-5", "10001", ""] {
+            let e = env(&[("SMOLDER_FREQUENCY_HZ", bad)]);
+            let message = AgentBuilder::default().resolve(&e).unwrap_err().to_string();
+            assert!(message.contains("SMOLDER_FREQUENCY_HZ"), "{message}");
+            assert!(message.contains("1 to 10000"), "{message}");
+        }
+        let e = env(&[("SMOLDER_ENABLED", "maybe")]);
+        let message = AgentBuilder::default().resolve(&e).unwrap_err().to_string();
+        assert!(message.contains("SMOLDER_ENABLED") && message.contains("true or false"));
+    }
+
+    #[test]
+    fn invalid_builder_value_names_setting() {
+        let err = AgentBuilder::default().frequency_hz(0).resolve(&env(&[])).unwrap_err();
+        assert!(err.to_string().contains("frequency_hz"), "{err}");
+    }
+
+    #[test]
+    fn buffer_capacity_rounds_up_to_power_of_two() {
+        let config = AgentBuilder::default().buffer_records(1000).resolve(&env(&[])).unwrap();
+        assert_eq!(config.buffer_records, 1024);
+    }
+}

@@ -1,0 +1,269 @@
+//! Stage 1 of the data flow: the `SIGPROF` handler.
+//!
+//! # What may run here
+//!
+//! This code interrupts arbitrary host code: inside `malloc`, holding the
+//! loader lock, halfway through a panic's unwind. So, and without exception:
+//!
+//! * **No allocation or freeing.** Everything used is allocated before the
+//!   first timer is armed (`SamplerShared`, the buffer's records, the scratch
+//!   caches and stacks) and freed only after the last handler has returned.
+//! * **No locks, no waiting.** Shared state is reached through atomics; every
+//!   contended resource is *try*-acquired, and failure drops the sample and
+//!   counts the drop.
+//! * **No lazy initialisation** (no `OnceLock::get_or_init`, no first-use
+//!   `thread_local!`), no formatting, no std I/O, no panics (a panic here
+//!   would abort the host).
+//! * **Syscalls only if async-signal-safe**: `clock_gettime` (vDSO) and
+//!   `gettid`. No libgcc unwinding and no `dl_iterate_phdr`: they take the
+//!   loader lock the interrupted thread may hold.
+//! * **Every read of the interrupted stack is validated** (see
+//!   `unwind::regions`); no other foreign memory is read.
+//! * **`errno` is saved and restored**, so the interrupted code never sees a
+//!   value we changed.
+//! * **Signals that are not ours are ignored**: a `SIGPROF` counts only if
+//!   it carries our timers' cookie (or, with the `setitimer` engine, came
+//!   from the kernel's profiling timer).
+//!
+//! The walk itself runs on a private pre-allocated stack (see
+//! `unwind::scratch`), so the handler's own stack use is a few hundred bytes
+//! wherever the signal lands.
+//!
+//! # Lifetime of the shared state
+//!
+//! `ACTIVE` points at the `SamplerShared` of the running agent, or is null.
+//! Each handler increments `IN_FLIGHT` *before* loading `ACTIVE` and
+//! decrements it when done; [`deactivate`] nulls `ACTIVE` and then waits for
+//! `IN_FLIGHT` to reach zero. Both sides use `SeqCst` (a store followed by a
+//! load on each side), so a handler that saw a non-null pointer is counted
+//! before `deactivate` looks, and the state outlives it.
+
+use std::ffi::{c_int, c_void};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::arch::{InterruptedRegs, call_on_stack, interrupted_regs};
+use crate::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
+use crate::config::Unwinder;
+use crate::stats::HandlerCounters;
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use crate::threads::ThreadRegistry;
+use crate::unwind::published::Published;
+use crate::unwind::{NativeCache, ScratchPool, UnwindTables, WalkResult, walk};
+
+/// The upper 32 bits of every `sigev_value` our timers carry: a fixed tag
+/// in the high half and the agent's generation in the low half, so signals
+/// from another agent instance (or anything else) are told apart. The lower
+/// 32 bits carry the target thread id.
+pub(crate) const COOKIE_TAG_HIGH: u64 = 0x5301_0000;
+
+/// Everything the handler reads or writes. Built before the first timer is
+/// armed, freed after [`deactivate`] has seen the last handler leave.
+pub(crate) struct SamplerShared {
+    /// Expected `sival_ptr >> 32` of our timers' signals.
+    pub(crate) cookie_tag: u64,
+    /// Whether kernel-sent `SIGPROF` (`setitimer`) counts as ours.
+    pub(crate) accept_itimer_signals: bool,
+    pub(crate) method: Unwinder,
+    pub(crate) buffer: SampleBuffer,
+    pub(crate) tables: Published<UnwindTables>,
+    pub(crate) scratch: ScratchPool,
+    pub(crate) registry: &'static ThreadRegistry,
+    pub(crate) counters: HandlerCounters,
+}
+
+static ACTIVE: AtomicPtr<SamplerShared> = AtomicPtr::new(std::ptr::null_mut());
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Points the handler at `shared`. The caller keeps `shared` alive until
+/// [`deactivate`] has returned `true`.
+pub(crate) fn activate(shared: &Arc<SamplerShared>) {
+    ACTIVE.store(Arc::as_ptr(shared).cast_mut(), SeqCst);
+}
+
+/// Detaches the handler from the shared state and waits, at most `patience`,
+/// for handlers still using it. Returns `false` if some handler did not
+/// leave in time; the caller must then leak the state rather than free it.
+pub(crate) fn deactivate(patience: Duration) -> bool {
+    ACTIVE.store(std::ptr::null_mut(), SeqCst);
+    let deadline = Instant::now() + patience;
+    while IN_FLIGHT.load(SeqCst) != 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    true
+}
+
+/// The `SA_SIGINFO` handler for `SIGPROF`.
+///
+/// # Signal safety
+/// See the module docs; everything reachable from here follows them.
+pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut libc::siginfo_t, ucontext: *mut c_void) {
+    let saved_errno = errno();
+    IN_FLIGHT.fetch_add(1, SeqCst);
+    // SAFETY: non-null `ACTIVE` points at a live `SamplerShared` until
+    // `deactivate` has seen `IN_FLIGHT` drop to zero, and we are counted.
+    if let Some(shared) = unsafe { ACTIVE.load(SeqCst).as_ref() } {
+        // SAFETY: the kernel passes valid `info` and `ucontext` pointers to an
+        // `SA_SIGINFO` handler.
+        unsafe { sample(shared, info, ucontext) };
+    }
+    IN_FLIGHT.fetch_sub(1, SeqCst);
+    set_errno(saved_errno);
+}
+
+/// Decides whether the signal is ours and, if so, records one sample.
+///
+/// # Safety
+/// `info` and `ucontext` are the handler's arguments.
+#[inline(always)]
+unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext: *const c_void) {
+    let started_ns = monotonic_now_ns();
+    // SAFETY: forwarded contract.
+    let Some((tid, weight)) = (unsafe { classify(shared, &*info) }) else {
+        return;
+    };
+    let counters = &shared.counters;
+    counters.signals.inc();
+    let dropped = |counter: &crate::stats::Counter| {
+        counter.inc();
+        counters.dropped_weight.add(u64::from(weight));
+    };
+
+    let Some(mut scratch) = shared.scratch.try_acquire(tid as usize) else {
+        return dropped(&counters.dropped_no_scratch);
+    };
+    let Some(tables) = shared.tables.read() else {
+        return dropped(&counters.dropped_tables_busy);
+    };
+    let mut writer = match shared.buffer.try_claim() {
+        Ok(writer) => writer,
+        Err(crate::buffer::ClaimError::Full) => return dropped(&counters.dropped_buffer_full),
+        Err(crate::buffer::ClaimError::Contended) => {
+            return dropped(&counters.dropped_buffer_contended);
+        }
+    };
+    // SAFETY: forwarded contract.
+    let regs = unsafe { interrupted_regs(ucontext) };
+    let stack_top = scratch.stack_top();
+    let result = writer.fill(|record| {
+        record.timestamp_ns = started_ns;
+        record.tid = tid;
+        record.weight = weight;
+        let result = scratch.with_cache(|cache| {
+            let mut job = WalkJob {
+                method: shared.method,
+                tables: &tables,
+                regs: &regs,
+                cache,
+                frames: &mut record.frames,
+                result: WalkResult { depth: 0, flags: 0 },
+            };
+            // SAFETY: the scratch stack is ours until `scratch` drops, and
+            // aligned; `run_walk_job` does not unwind (see its docs).
+            unsafe { call_on_stack(stack_top, (&raw mut job).cast(), run_walk_job) };
+            job.result
+        });
+        record.depth = result.depth;
+        record.flags = result.flags;
+        result
+    });
+    drop(writer); // publishes the record
+    drop(tables);
+    drop(scratch);
+
+    counters.samples.inc();
+    counters.weight.add(u64::from(weight));
+    if result.flags & FLAG_TRUNCATED != 0 {
+        counters.truncated.inc();
+    }
+    if result.flags & FLAG_INCOMPLETE != 0 {
+        counters.incomplete.inc();
+    }
+    counters
+        .cost_ns
+        .record(monotonic_now_ns().saturating_sub(started_ns));
+}
+
+/// Returns the sampled thread and the sample's weight if the signal came
+/// from our timers, `None` (counted) otherwise.
+///
+/// # Signal safety
+/// Reads of the kernel-written `siginfo`; `gettid` for `setitimer` signals.
+#[inline(always)]
+fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32)> {
+    /// Caps absurd overrun counts so a weight always fits comfortably.
+    const MAX_OVERRUN: i32 = 1 << 20;
+    if info.si_code == libc::SI_TIMER {
+        // SAFETY: `si_code == SI_TIMER` means the kernel filled the timer
+        // fields of the union.
+        let (value, overrun) = unsafe { (info.si_value().sival_ptr as u64, info.si_overrun()) };
+        if value >> 32 == shared.cookie_tag {
+            let weight = 1 + overrun.clamp(0, MAX_OVERRUN) as u32;
+            return Some((value as u32 as i32, weight));
+        }
+    } else if info.si_code == libc::SI_KERNEL && shared.accept_itimer_signals {
+        let tid = crate::threads::current_tid();
+        if shared.registry.contains(tid) {
+            return Some((tid, 1));
+        }
+        shared.counters.signals.inc();
+        shared.counters.dropped_thread_unregistered.inc();
+        shared.counters.dropped_weight.inc();
+        return None;
+    }
+    shared.counters.foreign_signals.inc();
+    None
+}
+
+/// Arguments for [`run_walk_job`], which runs on the scratch stack.
+struct WalkJob<'a> {
+    method: Unwinder,
+    tables: &'a UnwindTables,
+    regs: &'a InterruptedRegs,
+    cache: &'a mut NativeCache,
+    frames: &'a mut [u64],
+    result: WalkResult,
+}
+
+/// Trampoline called on the scratch stack.
+///
+/// # Safety
+/// `job` points to a live `WalkJob` used by no one else. `walk` has no
+/// panicking paths on valid input; were one reached, the process would abort
+/// here instead of unwinding across the stack switch.
+unsafe extern "C" fn run_walk_job(job: *mut c_void) {
+    // SAFETY: per the contract.
+    let job = unsafe { &mut *job.cast::<WalkJob<'_>>() };
+    job.result = walk(job.method, job.tables, job.regs, job.cache, job.frames);
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+///
+/// # Signal safety
+/// `clock_gettime` is async-signal-safe (and served by the vDSO).
+#[inline(always)]
+pub(crate) fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[inline(always)]
+fn errno() -> c_int {
+    // SAFETY: `__errno_location` returns this thread's errno slot, which is
+    // always valid; reading it is async-signal-safe.
+    unsafe { *libc::__errno_location() }
+}
+
+#[inline(always)]
+fn set_errno(value: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value };
+}

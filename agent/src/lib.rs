@@ -1,0 +1,98 @@
+//! # Smolder
+//!
+//! An always-on, low-overhead CPU profiler that lives inside your Rust
+//! service. Start it once; from then on you can ask it where the CPU goes,
+//! in production, without reproducing anything.
+//!
+//! ```no_run
+//! fn main() -> Result<(), smolder::Error> {
+//!     let agent = smolder::start()?; // defaults + SMOLDER_* environment
+//!     // ... run the service ...
+//!     let profile = agent.record(std::time::Duration::from_secs(5))?;
+//!     profile.write_flamegraph(std::fs::File::create("cpu.svg")?)?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## What it does
+//!
+//! Every thread gets a CPU-time timer; at each expiry (99 per CPU-second by
+//! default) a `SIGPROF` handler walks the thread's stack with DWARF unwind
+//! information, so it works on an ordinary `cargo build --release` without
+//! frame pointers. The handler allocates nothing and takes no locks; samples
+//! go through a lock-free buffer to a collector thread that counts them per
+//! (stack, thread). Profiles come out as folded stacks, interactive flame
+//! graphs (inferno) and gzipped pprof protobuf (`go tool pprof`).
+//!
+//! ## What you must do
+//!
+//! Keep the returned [`Agent`] alive: dropping it stops profiling. Only one
+//! agent can run per process.
+//!
+//! ## What it will not do
+//!
+//! * Replace another `SIGPROF` handler (`start` fails if one is installed).
+//! * Block, crash or slow your threads when something goes wrong: every
+//!   table is bounded, a full buffer drops the sample and counts it
+//!   ([`Agent::stats`]), and errors are values.
+//! * Run on anything but Linux x86_64 and aarch64: elsewhere the crate
+//!   compiles and `start` returns [`Error::UnsupportedPlatform`].
+//!
+//! ## Data flow
+//!
+//! timer → handler (unwind into a pre-allocated record) → lock-free buffer
+//! → collector (intern stacks, count) → profile → renderers. One module per
+//! stage; `docs/architecture.md` in the repository has the details.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+/// Items compiled only where sampling is supported: Linux on x86_64 and
+/// aarch64. The `cfg` is written once, here.
+macro_rules! sampling_platform {
+    ($($item:item)*) => {
+        $(
+            #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+            $item
+        )*
+    };
+}
+
+mod agent;
+mod config;
+mod error;
+mod profile;
+mod render;
+mod stats;
+mod sync;
+
+sampling_platform! {
+    mod aggregate;
+    mod arch;
+    mod buffer;
+    mod collector;
+    mod handler;
+    mod symbolize;
+    mod threads;
+    mod timer;
+    mod unwind;
+}
+
+pub use agent::Agent;
+pub use config::{AgentBuilder, Engine, Unwinder};
+pub use error::Error;
+pub use profile::{Frame, Profile, SampleView};
+pub use stats::{DroppedSamples, Stats};
+
+/// Starts the agent with default settings and `SMOLDER_*` environment
+/// overrides: `SMOLDER_FREQUENCY_HZ` (default 99), `SMOLDER_ENABLED=false`
+/// (an agent that installs nothing), `SMOLDER_MAX_DEPTH`, `SMOLDER_UNWINDER`,
+/// `SMOLDER_ENGINE`, `SMOLDER_BUFFER_RECORDS`, `SMOLDER_STACK_TABLE_CAPACITY`.
+///
+/// # Errors
+/// An invalid environment value (the message names the variable and its
+/// range), another agent already running, another `SIGPROF` handler
+/// installed, an unsupported platform, or an OS call failing.
+pub fn start() -> Result<Agent, Error> {
+    Agent::builder().start()
+}

@@ -1,0 +1,324 @@
+//! Stage 5 of the data flow: the symbolised profile handed to users and
+//! renderers.
+//!
+//! The model follows pprof's: functions (name, file), locations (an address
+//! in a module, with one line per function inlined there, innermost first)
+//! and samples (a stack of locations, leaf first, a thread and a weight).
+//! Renderers in [`crate::render`] turn it into folded text, SVG and pprof.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::Error;
+
+/// A CPU profile: the samples of one time window, symbolised.
+///
+/// ```no_run
+/// # fn main() -> Result<(), smolder::Error> {
+/// let agent = smolder::start()?;
+/// let profile = agent.record(std::time::Duration::from_secs(5))?;
+/// println!("{}", profile.folded());
+/// profile.write_flamegraph(std::fs::File::create("cpu.svg")?)?;
+/// std::fs::write("cpu.pb.gz", profile.to_pprof()?)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub(crate) start: SystemTime,
+    pub(crate) duration: Duration,
+    pub(crate) frequency_hz: u32,
+    pub(crate) functions: Vec<Function>,
+    pub(crate) locations: Vec<Location>,
+    pub(crate) modules: Vec<Module>,
+    pub(crate) threads: Vec<Thread>,
+    pub(crate) samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Function {
+    pub(crate) name: Arc<str>,
+    pub(crate) file: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Location {
+    pub(crate) address: u64,
+    pub(crate) module: Option<u32>,
+    /// Innermost (most deeply inlined) first; the last is the function the
+    /// machine code belongs to.
+    pub(crate) lines: Vec<Line>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Line {
+    pub(crate) function: u32,
+    pub(crate) line: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Module {
+    pub(crate) name: String,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) file_offset: u64,
+    pub(crate) build_id: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Thread {
+    pub(crate) tid: i32,
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// Leaf first.
+    pub(crate) locations: Vec<u32>,
+    pub(crate) thread: u32,
+    pub(crate) weight: u64,
+}
+
+impl Profile {
+    /// When the window began.
+    pub fn start_time(&self) -> SystemTime {
+        self.start
+    }
+
+    /// The window's length.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The sampling rate, in samples per CPU-second per thread.
+    pub fn frequency_hz(&self) -> u32 {
+        self.frequency_hz
+    }
+
+    /// Timer expirations recorded: each stands for `1 / frequency_hz`
+    /// seconds of CPU.
+    pub fn sample_count(&self) -> u64 {
+        self.samples.iter().map(|s| s.weight).sum()
+    }
+
+    /// CPU time the samples stand for.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_secs_f64(self.sample_count() as f64 / f64::from(self.frequency_hz))
+    }
+
+    /// The distinct (stack, thread) samples.
+    pub fn samples(&self) -> impl Iterator<Item = SampleView<'_>> + '_ {
+        self.samples.iter().map(move |sample| SampleView {
+            profile: self,
+            sample,
+        })
+    }
+
+    /// Folded stacks, one `root;caller;...;leaf COUNT` line per distinct
+    /// stack (threads merged), sorted. The format of Brendan Gregg's
+    /// `stackcollapse` scripts, read by inferno, speedscope and others.
+    pub fn folded(&self) -> String {
+        crate::render::folded::render(self)
+    }
+
+    /// Writes an interactive flame graph (SVG with search and zoom, rendered
+    /// by inferno).
+    pub fn write_flamegraph<W: Write>(&self, out: W) -> Result<(), Error> {
+        crate::render::flamegraph::write(self, &crate::render::flamegraph::Style::default(), out)
+    }
+
+    /// The profile as gzip-compressed pprof protobuf, as `go tool pprof`
+    /// and Go's `net/http/pprof` exchange it.
+    pub fn to_pprof(&self) -> Result<Vec<u8>, Error> {
+        crate::render::pprof::encode(self)
+    }
+
+    /// Frames of a location, innermost first.
+    pub(crate) fn location_frames(&self, location: u32) -> impl Iterator<Item = Frame<'_>> + '_ {
+        let loc = &self.locations[location as usize];
+        let count = loc.lines.len();
+        loc.lines.iter().enumerate().map(move |(i, line)| Frame {
+            profile: self,
+            location: loc,
+            line: *line,
+            inlined: i + 1 < count,
+        })
+    }
+}
+
+/// One distinct (stack, thread) in a [`Profile`].
+#[derive(Clone, Copy)]
+pub struct SampleView<'a> {
+    profile: &'a Profile,
+    sample: &'a Sample,
+}
+
+impl<'a> SampleView<'a> {
+    /// Timer expirations recorded with this stack on this thread.
+    pub fn weight(&self) -> u64 {
+        self.sample.weight
+    }
+
+    /// The thread's name.
+    pub fn thread_name(&self) -> &'a str {
+        &self.profile.threads[self.sample.thread as usize].name
+    }
+
+    /// The thread's kernel id.
+    pub fn thread_id(&self) -> i32 {
+        self.profile.threads[self.sample.thread as usize].tid
+    }
+
+    /// The stack, leaf first, with inlined functions as frames of their own.
+    pub fn frames(&self) -> impl Iterator<Item = Frame<'a>> + 'a {
+        let profile = self.profile;
+        self.sample
+            .locations
+            .iter()
+            .flat_map(move |&l| profile.location_frames(l))
+    }
+}
+
+/// One frame of a stack.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    profile: &'a Profile,
+    location: &'a Location,
+    line: Line,
+    inlined: bool,
+}
+
+impl<'a> Frame<'a> {
+    /// The function's demangled name (`module+0xoffset` if unknown).
+    pub fn function(&self) -> &'a str {
+        &self.profile.functions[self.line.function as usize].name
+    }
+
+    /// The source file, when debug info says.
+    pub fn file(&self) -> Option<&'a str> {
+        self.profile.functions[self.line.function as usize].file.as_deref()
+    }
+
+    /// The source line, when debug info says.
+    pub fn line(&self) -> Option<u32> {
+        self.line.line
+    }
+
+    /// The module (executable or library path) the code lies in.
+    pub fn module(&self) -> Option<&'a str> {
+        self.location
+            .module
+            .map(|m| self.profile.modules[m as usize].name.as_str())
+    }
+
+    /// The code address (for callers: inside the call instruction).
+    pub fn address(&self) -> u64 {
+        self.location.address
+    }
+
+    /// Whether this function was inlined into the next frame.
+    pub fn is_inlined(&self) -> bool {
+        self.inlined
+    }
+}
+
+/// Assembles a [`Profile`] from symbolised stacks.
+pub(crate) struct ProfileBuilder {
+    profile: Profile,
+    functions: HashMap<Function, u32>,
+    locations: HashMap<u64, u32>,
+    modules: HashMap<String, u32>,
+    threads: HashMap<(i32, String), u32>,
+}
+
+impl ProfileBuilder {
+    pub(crate) fn new(start: SystemTime, duration: Duration, frequency_hz: u32) -> Self {
+        ProfileBuilder {
+            profile: Profile {
+                start,
+                duration,
+                frequency_hz,
+                functions: Vec::new(),
+                locations: Vec::new(),
+                modules: Vec::new(),
+                threads: Vec::new(),
+                samples: Vec::new(),
+            },
+            functions: HashMap::new(),
+            locations: HashMap::new(),
+            modules: HashMap::new(),
+            threads: HashMap::new(),
+        }
+    }
+
+    /// Adds (or finds) the location for `address`, given how it resolved.
+    pub(crate) fn location(&mut self, address: u64, resolved: &crate::symbolize::Resolved) -> u32 {
+        if let Some(&id) = self.locations.get(&address) {
+            return id;
+        }
+        let module = resolved.module.as_ref().map(|m| {
+            let next = self.modules.len() as u32;
+            *self.modules.entry(m.name.clone()).or_insert_with(|| {
+                self.profile.modules.push(Module {
+                    name: m.name.clone(),
+                    start: m.avma_range.start,
+                    end: m.avma_range.end,
+                    file_offset: m.file_offset,
+                    build_id: m.build_id.clone(),
+                });
+                next
+            })
+        });
+        let lines = resolved
+            .frames
+            .iter()
+            .map(|frame| {
+                let function = Function {
+                    name: Arc::clone(&frame.function),
+                    file: frame.file.clone(),
+                };
+                let next = self.functions.len() as u32;
+                let id = *self.functions.entry(function.clone()).or_insert_with(|| {
+                    self.profile.functions.push(function);
+                    next
+                });
+                Line {
+                    function: id,
+                    line: frame.line,
+                }
+            })
+            .collect();
+        let id = self.profile.locations.len() as u32;
+        self.profile.locations.push(Location {
+            address,
+            module,
+            lines,
+        });
+        self.locations.insert(address, id);
+        id
+    }
+
+    pub(crate) fn sample(&mut self, locations: Vec<u32>, tid: i32, thread_name: &str, weight: u64) {
+        let next = self.threads.len() as u32;
+        let thread = *self
+            .threads
+            .entry((tid, thread_name.to_owned()))
+            .or_insert_with(|| {
+                self.profile.threads.push(Thread {
+                    tid,
+                    name: thread_name.to_owned(),
+                });
+                next
+            });
+        self.profile.samples.push(Sample {
+            locations,
+            thread,
+            weight,
+        });
+    }
+
+    pub(crate) fn finish(self) -> Profile {
+        self.profile
+    }
+}

@@ -1,0 +1,56 @@
+//! Interactive SVG flame graphs, drawn by inferno.
+
+use std::io::Write;
+
+use inferno::flamegraph::{self, Options};
+
+use crate::{Error, Profile};
+
+/// Title and labels of a flame graph.
+#[derive(Debug, Clone)]
+pub(crate) struct Style {
+    pub(crate) title: String,
+    pub(crate) subtitle: Option<String>,
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Style {
+            title: "CPU profile".to_owned(),
+            subtitle: None,
+        }
+    }
+}
+
+/// Writes `profile` as an SVG flame graph.
+pub(crate) fn write(profile: &Profile, style: &Style, out: impl Write) -> Result<(), Error> {
+    let folded = crate::render::folded::render(profile);
+    let subtitle = style.subtitle.clone().unwrap_or_else(|| default_subtitle(profile));
+    let mut options = options(&style.title, subtitle);
+    if folded.is_empty() {
+        // inferno refuses empty input; an empty profile is still a valid
+        // answer, shown as a single "no samples" bar.
+        return flamegraph::from_lines(&mut options, ["[no samples] 1"], out)
+            .map_err(|e| Error::Flamegraph(e.to_string()));
+    }
+    flamegraph::from_lines(&mut options, folded.lines(), out).map_err(|e| Error::Flamegraph(e.to_string()))
+}
+
+fn default_subtitle(profile: &Profile) -> String {
+    format!(
+        "{} samples at {} Hz over {:.1} s ({:.2} CPU-s)",
+        profile.sample_count(),
+        profile.frequency_hz(),
+        profile.duration().as_secs_f64(),
+        profile.cpu_time().as_secs_f64()
+    )
+}
+
+fn options(title: &str, subtitle: String) -> Options<'static> {
+    let mut options = Options::default();
+    options.title = title.to_owned();
+    options.subtitle = Some(subtitle);
+    options.count_name = "samples".to_owned();
+    options.name_type = "Function:".to_owned();
+    options
+}

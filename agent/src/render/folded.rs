@@ -1,0 +1,48 @@
+//! Folded stacks: `root;caller;...;leaf COUNT`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::Profile;
+
+/// One folded line per distinct stack, with threads merged, sorted by stack.
+pub(crate) fn render(profile: &Profile) -> String {
+    let mut out = String::new();
+    for (stack, weight) in fold(profile) {
+        let _ = writeln!(out, "{stack} {weight}");
+    }
+    out
+}
+
+/// Distinct folded stacks and their total weights.
+pub(crate) fn fold(profile: &Profile) -> BTreeMap<String, u64> {
+    let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut names: Vec<&str> = Vec::new();
+    for sample in profile.samples() {
+        names.clear();
+        names.extend(sample.frames().map(|f| f.function()));
+        let mut line = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+        for (i, name) in names.iter().rev().enumerate() {
+            if i > 0 {
+                line.push(';');
+            }
+            push_sanitized(&mut line, name);
+        }
+        *stacks.entry(line).or_default() += sample.weight();
+    }
+    stacks
+}
+
+/// Function names may not contain the format's separators: `;` splits
+/// frames and a newline ends the record.
+fn push_sanitized(line: &mut String, name: &str) {
+    if name.contains([';', '\n', '\r']) {
+        line.extend(name.chars().map(|c| match c {
+            ';' => ':',
+            '\n' | '\r' => ' ',
+            c => c,
+        }));
+    } else {
+        line.push_str(name);
+    }
+}

@@ -1,0 +1,79 @@
+//! One door to atomics and shared cells, so the lock-free structures can be
+//! model-checked with [loom] by building with `RUSTFLAGS="--cfg loom"`.
+//!
+//! Everything lock-free in the crate imports its atomics from here rather than
+//! from `std::sync::atomic`. Under `cfg(loom)` the same names resolve to loom's
+//! instrumented versions, which explore every interleaving the memory model
+//! allows.
+//!
+//! [loom]: https://docs.rs/loom
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
+
+#[cfg(not(loom))]
+pub(crate) use cell::UnsafeCell;
+
+#[cfg(not(loom))]
+mod cell {
+    /// `core::cell::UnsafeCell` with loom's closure-based access API, so code
+    /// written against loom compiles unchanged without it.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        /// Runs `f` with a shared raw pointer to the contents.
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with an exclusive raw pointer to the contents.
+        #[inline(always)]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
+
+/// Lets another thread run while waiting for it (agent threads only; never
+/// called from a signal handler).
+#[cfg(loom)]
+pub(crate) fn backoff() {
+    loom::thread::yield_now();
+}
+
+/// Lets another thread run while waiting for it (agent threads only; never
+/// called from a signal handler).
+#[cfg(not(loom))]
+pub(crate) fn backoff() {
+    std::thread::sleep(std::time::Duration::from_micros(200));
+}
+
+/// Pads and aligns a value to 128 bytes so that two hot atomics written by
+/// different threads never share a cache line (adjacent-line prefetching on
+/// x86_64 pulls pairs of 64-byte lines, hence 128).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

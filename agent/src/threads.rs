@@ -1,0 +1,192 @@
+//! Which threads exist, and the registry the signal handler consults.
+//!
+//! The collector lists `/proc/self/task` on every cycle. Threads it has seen
+//! are *registered*: the table of stack regions published to the handler was
+//! read after the thread existed, so its stack is in that table. The handler
+//! looks a thread up with atomics only; registration and removal happen on the
+//! agent's threads.
+//!
+//! The registry is an open-addressing hash table of kernel thread ids with a
+//! fixed capacity ([`MAX_THREADS`]); a thread that finds it full is simply not
+//! registered, and the sample it would have produced is counted as dropped.
+
+use std::ffi::CStr;
+use std::io;
+use std::sync::{Mutex, OnceLock};
+
+use crate::sync::{AtomicI32, Ordering};
+
+/// Threads the registry can hold at once.
+pub(crate) const MAX_THREADS: usize = 4096;
+
+const EMPTY: i32 = 0;
+/// A freed slot: lookups probe past it, registrations may reuse it.
+const FREED: i32 = -1;
+
+/// Fixed-capacity table of registered thread ids.
+pub(crate) struct ThreadRegistry {
+    tids: Box<[AtomicI32]>,
+    /// Serialises registration and removal (agent threads only) so a thread id
+    /// can never occupy two slots. Lookups take no lock.
+    writers: Mutex<()>,
+}
+
+/// The process-wide registry. Built on first use by an agent thread, never
+/// freed: later agents in the same process reuse it.
+pub(crate) fn registry() -> &'static ThreadRegistry {
+    static REGISTRY: OnceLock<ThreadRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| ThreadRegistry::with_capacity(MAX_THREADS))
+}
+
+impl ThreadRegistry {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        ThreadRegistry {
+            tids: (0..capacity).map(|_| AtomicI32::new(EMPTY)).collect(),
+            writers: Mutex::new(()),
+        }
+    }
+
+    fn probe(&self, tid: i32) -> impl Iterator<Item = usize> + '_ {
+        let n = self.tids.len();
+        // Fibonacci hashing spreads sequential thread ids over the table.
+        let start = ((tid as u32).wrapping_mul(0x9E37_79B9) as usize) % n;
+        (0..n).map(move |i| (start + i) % n)
+    }
+
+    /// Whether `tid` is registered.
+    ///
+    /// # Signal safety
+    /// Atomic loads only; visits at most every slot once.
+    pub(crate) fn contains(&self, tid: i32) -> bool {
+        for index in self.probe(tid) {
+            // Relaxed: the handler only needs *a* recent value; registration
+            // happens-before the thread is sampled through the timer set-up
+            // or the published stack-region table, not through this load.
+            match self.tids[index].load(Ordering::Relaxed) {
+                EMPTY => return false,
+                found if found == tid => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Registers `tid`. Returns false when the table is full.
+    pub(crate) fn register(&self, tid: i32) -> bool {
+        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = None;
+        for index in self.probe(tid) {
+            match self.tids[index].load(Ordering::Relaxed) {
+                found if found == tid => return true,
+                FREED => {
+                    free.get_or_insert(index);
+                }
+                EMPTY => {
+                    free.get_or_insert(index);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match free {
+            Some(index) => {
+                self.tids[index].store(tid, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `tid`, if registered.
+    pub(crate) fn unregister(&self, tid: i32) {
+        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        for index in self.probe(tid) {
+            match self.tids[index].load(Ordering::Relaxed) {
+                EMPTY => return,
+                found if found == tid => {
+                    self.tids[index].store(FREED, Ordering::Relaxed);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Empties the table (an agent stopping).
+    pub(crate) fn clear(&self) {
+        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        for tid in self.tids.iter() {
+            tid.store(EMPTY, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The calling thread's kernel thread id.
+pub(crate) fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Lists the process's threads from `/proc/self/task`, into `out`.
+pub(crate) fn list_tids(out: &mut Vec<i32>) -> io::Result<()> {
+    out.clear();
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            out.push(tid);
+        }
+    }
+    out.sort_unstable();
+    Ok(())
+}
+
+/// The thread's name (`comm`, at most 15 bytes), or `None` if it has exited.
+pub(crate) fn thread_name(tid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/self/task/{tid}/comm")).ok()?;
+    let name = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// Names a thread of the agent's own, visible in `top -H` and in `comm`.
+pub(crate) fn name_current_thread(name: &CStr) {
+    // SAFETY: `name` is NUL-terminated; PR_SET_NAME truncates to 15 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_lookup_unregister() {
+        let registry = ThreadRegistry::with_capacity(8);
+        for tid in [5, 13, 21] {
+            assert!(registry.register(tid));
+        }
+        assert!(registry.contains(13));
+        registry.unregister(13);
+        assert!(!registry.contains(13));
+        assert!(registry.contains(21), "probe must continue past a freed slot");
+        assert!(registry.register(13));
+        assert!(registry.contains(13));
+    }
+
+    #[test]
+    fn full_table_refuses_new_threads() {
+        let registry = ThreadRegistry::with_capacity(4);
+        for tid in 1..=4 {
+            assert!(registry.register(tid));
+        }
+        assert!(!registry.register(99));
+        assert!(registry.register(3), "re-registering is idempotent");
+        assert!((1..=4).all(|tid| registry.contains(tid)));
+    }
+
+    #[test]
+    fn lists_this_thread() {
+        let mut tids = Vec::new();
+        list_tids(&mut tids).unwrap();
+        assert!(tids.contains(&current_tid()));
+    }
+}
