@@ -69,7 +69,20 @@ impl Agent {
     /// sampling of every thread goes on meanwhile. Several captures may run
     /// at once; each sees every sample of its own window.
     pub fn record(&self, duration: Duration) -> Result<Profile, Error> {
-        self.running.as_ref().ok_or(Error::Disabled)?.record(duration)
+        self.running
+            .as_ref()
+            .ok_or(Error::Disabled)?
+            .record(duration)
+    }
+
+    /// Sends this thread one sampling signal exactly as its timer would, and
+    /// returns once the handler has run. For benchmarks that measure the
+    /// per-sample cost; not part of the supported API.
+    #[doc(hidden)]
+    pub fn __sample_current_thread(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.sample_current_thread())
     }
 
     /// The agent's account of itself: engine, samples, drops by reason,
@@ -95,7 +108,10 @@ impl Drop for Agent {
     }
 }
 
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod running {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -108,7 +124,7 @@ mod running {
     use crate::config::Config;
     use crate::handler::{self, COOKIE_TAG_HIGH, SamplerShared, monotonic_now_ns};
     use crate::profile::ProfileBuilder;
-    use crate::stats::{DroppedSamples, HandlerCounters};
+    use crate::stats::{CostHistogram, DroppedSamples, HandlerCounters};
     use crate::symbolize::{ModuleMap, SymbolService};
     use crate::timer::{self, signal};
     use crate::unwind::modules;
@@ -147,7 +163,9 @@ mod running {
                 source,
             })?;
             let cookie_tag = COOKIE_TAG_HIGH | u64::from(generation);
-            let scratch_entries = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(4, 64);
+            let scratch_entries = std::thread::available_parallelism()
+                .map_or(4, |n| n.get() * 2)
+                .clamp(4, 64);
             // Decide the engine before anything is armed: the handler must
             // know whether kernel-sent (setitimer) signals are ours.
             let engine_kind = timer::resolve(config.engine)?;
@@ -235,28 +253,45 @@ mod running {
             let wall_start = SystemTime::now();
             let start_ns = monotonic_now_ns();
             let end_ns = start_ns + duration.as_nanos() as u64;
-            let id = self
-                .store
-                .begin_capture(start_ns, end_ns)
-                .map_err(|_| Error::TooManyCaptures {
-                    limit: crate::collector::MAX_CAPTURES,
-                })?;
+            let id =
+                self.store
+                    .begin_capture(start_ns, end_ns)
+                    .map_err(|_| Error::TooManyCaptures {
+                        limit: crate::collector::MAX_CAPTURES,
+                    })?;
             std::thread::sleep(duration);
-            if !self.store.wait_drained(end_ns, CYCLE * 4 + COLLECTOR_PATIENCE) {
+            if !self
+                .store
+                .wait_drained(end_ns, CYCLE * 4 + COLLECTOR_PATIENCE)
+            {
                 self.store.cancel_capture(id);
                 return Err(Error::CollectorUnresponsive {
                     waited_ms: (CYCLE * 4 + COLLECTOR_PATIENCE).as_millis() as u64,
                 });
             }
-            let result = self.store.finish_capture(id).ok_or(Error::CollectorUnresponsive { waited_ms: 0 })?;
+            let result = self
+                .store
+                .finish_capture(id)
+                .ok_or(Error::CollectorUnresponsive { waited_ms: 0 })?;
             Ok(self.symbolize(result, wall_start, duration))
         }
 
-        fn symbolize(&self, result: crate::collector::CaptureResult, start: SystemTime, duration: Duration) -> Profile {
-            let mut addresses: Vec<u64> = result.stacks.iter().flat_map(|(f, _, _)| f.iter().copied()).collect();
+        fn symbolize(
+            &self,
+            result: crate::collector::CaptureResult,
+            start: SystemTime,
+            duration: Duration,
+        ) -> Profile {
+            let mut addresses: Vec<u64> = result
+                .stacks
+                .iter()
+                .flat_map(|(f, _, _)| f.iter().copied())
+                .collect();
             addresses.sort_unstable();
             addresses.dedup();
-            let resolved = self.symbols.resolve(&result.modules, addresses.clone(), SYMBOL_PATIENCE);
+            let resolved =
+                self.symbols
+                    .resolve(&result.modules, addresses.clone(), SYMBOL_PATIENCE);
             let mut builder = ProfileBuilder::new(start, duration, self.config.frequency_hz);
             let mut location_of = std::collections::HashMap::with_capacity(addresses.len());
             for (address, resolved) in addresses.iter().zip(&resolved) {
@@ -269,9 +304,61 @@ mod running {
             builder.finish()
         }
 
+        pub(super) fn sample_current_thread(&self) -> bool {
+            let tid = threads::current_tid();
+            // SAFETY: all-zero is a valid siginfo; the fields set below are
+            // the ones a timer signal carries.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            info.si_signo = libc::SIGPROF;
+            info.si_code = libc::SI_TIMER;
+            let cookie = self.shared.cookie_tag << 32 | u64::from(tid as u32);
+            // The timer union's sigval sits at the same offset as `_rt`'s:
+            // after two ints (tid/overrun or pid/uid), at byte 24 on LP64.
+            // SAFETY: writing within the siginfo we own.
+            unsafe {
+                let base = (&raw mut info).cast::<u8>();
+                base.add(24).cast::<u64>().write_unaligned(cookie);
+            }
+            // SAFETY: rt_tgsigqueueinfo to our own thread with a siginfo we
+            // built; the kernel allows any si_code for signals to oneself.
+            let status = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    libc::getpid(),
+                    tid,
+                    libc::SIGPROF,
+                    &raw mut info,
+                )
+            };
+            status == 0
+        }
+
         pub(super) fn stats(&self) -> Stats {
             let h = &self.shared.counters;
             let c = &self.counters;
+            let (mut samples, mut weight, mut truncated, mut incomplete) = (0, 0, 0, 0);
+            let mut costs = CostHistogram::empty_totals();
+            for owned in self.shared.scratch.counters() {
+                samples += owned.samples.get();
+                weight += owned.weight.get();
+                truncated += owned.truncated.get();
+                incomplete += owned.incomplete.get();
+                owned.cost_ns.add_to(&mut costs);
+            }
+            let dropped = DroppedSamples {
+                buffer_full: h.dropped_buffer_full.get(),
+                buffer_contended: h.dropped_buffer_contended.get(),
+                no_unwind_scratch: h.dropped_no_scratch.get(),
+                tables_busy: h.dropped_tables_busy.get(),
+                thread_unregistered: h.dropped_thread_unregistered.get(),
+                stack_table_full: c.dropped_stack_table_full.load(Relaxed),
+                aggregate_full: c.dropped_aggregate_full.load(Relaxed),
+            };
+            let dropped_in_handler = dropped.buffer_full
+                + dropped.buffer_contended
+                + dropped.no_unwind_scratch
+                + dropped.tables_busy
+                + dropped.thread_unregistered;
             let memory = self.shared.buffer.memory_bytes()
                 + self.shared.scratch.memory_bytes()
                 + c.unwind_data_bytes.load(Relaxed) as usize
@@ -283,24 +370,16 @@ mod running {
                 frequency_hz: self.config.frequency_hz,
                 threads_sampled: c.threads_sampled.load(Relaxed),
                 timers_armed: c.timers_armed.load(Relaxed),
-                signals: h.signals.get(),
-                samples: h.samples.get(),
-                sample_weight: h.weight.get(),
+                signals: samples + dropped_in_handler,
+                samples,
+                sample_weight: weight,
                 samples_collected: c.samples_collected.load(Relaxed),
-                dropped: DroppedSamples {
-                    buffer_full: h.dropped_buffer_full.get(),
-                    buffer_contended: h.dropped_buffer_contended.get(),
-                    no_unwind_scratch: h.dropped_no_scratch.get(),
-                    tables_busy: h.dropped_tables_busy.get(),
-                    thread_unregistered: h.dropped_thread_unregistered.get(),
-                    stack_table_full: c.dropped_stack_table_full.load(Relaxed),
-                    aggregate_full: c.dropped_aggregate_full.load(Relaxed),
-                },
-                stacks_truncated: h.truncated.get(),
-                stacks_incomplete: h.incomplete.get(),
+                dropped,
+                stacks_truncated: truncated,
+                stacks_incomplete: incomplete,
                 foreign_signals: h.foreign_signals.get(),
-                handler_cost_p50_ns: h.cost_ns.quantile(0.50),
-                handler_cost_p99_ns: h.cost_ns.quantile(0.99),
+                handler_cost_p50_ns: CostHistogram::quantile(&costs, 0.50),
+                handler_cost_p99_ns: CostHistogram::quantile(&costs, 0.99),
                 collector_cpu: Duration::from_nanos(c.cpu_ns.load(Relaxed)),
                 memory_bytes: memory as u64,
                 uptime: self.started.elapsed(),
@@ -334,7 +413,10 @@ mod running {
     }
 }
 
-#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 mod running {
     use std::time::Duration;
 
@@ -357,6 +439,10 @@ mod running {
         }
 
         pub(super) fn stats(&self) -> Stats {
+            match *self {}
+        }
+
+        pub(super) fn sample_current_thread(&self) -> bool {
             match *self {}
         }
 

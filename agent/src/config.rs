@@ -5,9 +5,6 @@
 //! always wins, because it is the operator's kill switch and must work without
 //! a code change.
 
-use std::fmt::Display;
-use std::str::FromStr;
-
 use crate::Error;
 
 /// How the signal handler walks the interrupted thread's stack.
@@ -125,7 +122,7 @@ impl Bounded {
 
     /// Reads the variable: `Ok(None)` when unset, an error naming the variable
     /// and its range when set to anything but an in-range integer.
-    fn from_env(&self, env: &impl Env) -> Result<Option<u64>, Error> {
+    fn read_env(&self, env: &impl Env) -> Result<Option<u64>, Error> {
         let Some(raw) = env.var(self.var) else {
             return Ok(None);
         };
@@ -144,7 +141,7 @@ impl Bounded {
     fn resolve(&self, explicit: Option<u64>, env: &impl Env, default: u64) -> Result<u64, Error> {
         match explicit {
             Some(value) => self.check(value),
-            None => Ok(self.from_env(env)?.unwrap_or(default)),
+            None => Ok(self.read_env(env)?.unwrap_or(default)),
         }
     }
 }
@@ -332,23 +329,6 @@ impl AgentBuilder {
     }
 }
 
-/// Parses `value` as `T`, mapping failure to an [`Error::InvalidEnvironment`].
-#[allow(dead_code)]
-pub(crate) fn parse_env<T: FromStr>(
-    var: &'static str,
-    value: &str,
-    expected: &'static str,
-) -> Result<T, Error>
-where
-    T::Err: Display,
-{
-    value.trim().parse().map_err(|_| Error::InvalidEnvironment {
-        var,
-        value: value.to_owned(),
-        expected,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -383,15 +363,30 @@ mod tests {
         let e = env(&[("SMOLDER_FREQUENCY_HZ", "250"), ("SMOLDER_MAX_DEPTH", "64")]);
         let config = AgentBuilder::default().resolve(&e).unwrap();
         assert_eq!((config.frequency_hz, config.max_depth), (250, 64));
-        let config = AgentBuilder::default().frequency_hz(999).resolve(&e).unwrap();
+        let config = AgentBuilder::default()
+            .frequency_hz(999)
+            .resolve(&e)
+            .unwrap();
         assert_eq!((config.frequency_hz, config.max_depth), (999, 64));
     }
 
     #[test]
     fn kill_switch_beats_the_builder() {
         let e = env(&[("SMOLDER_ENABLED", "false")]);
-        assert!(!AgentBuilder::default().enabled(true).resolve(&e).unwrap().enabled);
-        assert!(!AgentBuilder::default().enabled(false).resolve(&env(&[])).unwrap().enabled);
+        assert!(
+            !AgentBuilder::default()
+                .enabled(true)
+                .resolve(&e)
+                .unwrap()
+                .enabled
+        );
+        assert!(
+            !AgentBuilder::default()
+                .enabled(false)
+                .resolve(&env(&[]))
+                .unwrap()
+                .enabled
+        );
     }
 
     #[test]
@@ -409,13 +404,19 @@ mod tests {
 
     #[test]
     fn invalid_builder_value_names_setting() {
-        let err = AgentBuilder::default().frequency_hz(0).resolve(&env(&[])).unwrap_err();
+        let err = AgentBuilder::default()
+            .frequency_hz(0)
+            .resolve(&env(&[]))
+            .unwrap_err();
         assert!(err.to_string().contains("frequency_hz"), "{err}");
     }
 
     #[test]
     fn buffer_capacity_rounds_up_to_power_of_two() {
-        let config = AgentBuilder::default().buffer_records(1000).resolve(&env(&[])).unwrap();
+        let config = AgentBuilder::default()
+            .buffer_records(1000)
+            .resolve(&env(&[]))
+            .unwrap();
         assert_eq!(config.buffer_records, 1024);
     }
 }

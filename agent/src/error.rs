@@ -12,7 +12,9 @@ use std::io;
 pub enum Error {
     /// The agent samples with Linux-only mechanisms (per-thread CPU timers,
     /// `ucontext` registers, `/proc`).
-    #[error("smolder does not support this platform ({os}/{arch}): it profiles Linux on x86_64 and aarch64")]
+    #[error(
+        "smolder does not support this platform ({os}/{arch}): it profiles Linux on x86_64 and aarch64"
+    )]
     UnsupportedPlatform {
         /// The operating system the crate was compiled for.
         os: &'static str,
@@ -68,7 +70,9 @@ pub enum Error {
     },
 
     /// The collector thread did not deliver the samples of a capture.
-    #[error("the smolder collector thread did not respond within {waited_ms} ms; the capture was abandoned")]
+    #[error(
+        "the smolder collector thread did not respond within {waited_ms} ms; the capture was abandoned"
+    )]
     CollectorUnresponsive {
         /// How long the caller waited, in milliseconds.
         waited_ms: u64,

@@ -49,7 +49,7 @@ use crate::stats::HandlerCounters;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use crate::threads::ThreadRegistry;
 use crate::unwind::published::Published;
-use crate::unwind::{NativeCache, ScratchPool, UnwindTables, WalkResult, walk};
+use crate::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
 
 /// The upper 32 bits of every `sigev_value` our timers carry: a fixed tag
 /// in the high half and the agent's generation in the low half, so signals
@@ -126,7 +126,6 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
         return;
     };
     let counters = &shared.counters;
-    counters.signals.inc();
     let dropped = |counter: &crate::stats::Counter| {
         counter.inc();
         counters.dropped_weight.add(u64::from(weight));
@@ -147,18 +146,19 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
     };
     // SAFETY: forwarded contract.
     let regs = unsafe { interrupted_regs(ucontext) };
+    writer.fill(|record| crate::arch::prefetch_for_write(&record.frames[..]));
     let stack_top = scratch.stack_top();
     let result = writer.fill(|record| {
         record.timestamp_ns = started_ns;
         record.tid = tid;
         record.weight = weight;
-        let result = scratch.with_cache(|cache| {
+        let result = scratch.with_caches(|caches| {
             let mut job = WalkJob {
                 method: shared.method,
                 tables: &tables,
                 regs: &regs,
-                cache,
-                frames: &mut record.frames,
+                caches,
+                frames: &mut record.frames[..],
                 result: WalkResult { depth: 0, flags: 0 },
             };
             // SAFETY: the scratch stack is ours until `scratch` drops, and
@@ -172,19 +172,20 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
     });
     drop(writer); // publishes the record
     drop(tables);
-    drop(scratch);
 
-    counters.samples.inc();
-    counters.weight.add(u64::from(weight));
+    let owned = scratch.counters();
+    owned.samples.add_owned(1);
+    owned.weight.add_owned(u64::from(weight));
     if result.flags & FLAG_TRUNCATED != 0 {
-        counters.truncated.inc();
+        owned.truncated.add_owned(1);
     }
     if result.flags & FLAG_INCOMPLETE != 0 {
-        counters.incomplete.inc();
+        owned.incomplete.add_owned(1);
     }
-    counters
+    owned
         .cost_ns
-        .record(monotonic_now_ns().saturating_sub(started_ns));
+        .record_owned(monotonic_now_ns().saturating_sub(started_ns));
+    drop(scratch);
 }
 
 /// Returns the sampled thread and the sample's weight if the signal came
@@ -209,7 +210,6 @@ fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32)
         if shared.registry.contains(tid) {
             return Some((tid, 1));
         }
-        shared.counters.signals.inc();
         shared.counters.dropped_thread_unregistered.inc();
         shared.counters.dropped_weight.inc();
         return None;
@@ -223,7 +223,7 @@ struct WalkJob<'a> {
     method: Unwinder,
     tables: &'a UnwindTables,
     regs: &'a InterruptedRegs,
-    cache: &'a mut NativeCache,
+    caches: &'a mut WalkCaches,
     frames: &'a mut [u64],
     result: WalkResult,
 }
@@ -237,7 +237,7 @@ struct WalkJob<'a> {
 unsafe extern "C" fn run_walk_job(job: *mut c_void) {
     // SAFETY: per the contract.
     let job = unsafe { &mut *job.cast::<WalkJob<'_>>() };
-    job.result = walk(job.method, job.tables, job.regs, job.cache, job.frames);
+    job.result = walk(job.method, job.tables, job.regs, job.caches, job.frames);
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds.

@@ -197,7 +197,9 @@ impl<'a> Frame<'a> {
 
     /// The source file, when debug info says.
     pub fn file(&self) -> Option<&'a str> {
-        self.profile.functions[self.line.function as usize].file.as_deref()
+        self.profile.functions[self.line.function as usize]
+            .file
+            .as_deref()
     }
 
     /// The source line, when debug info says.

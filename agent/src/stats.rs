@@ -23,6 +23,17 @@ impl Counter {
         self.add(1);
     }
 
+    /// Adds `n` for a counter with a single writer at a time (ownership
+    /// handed over with acquire/release elsewhere): a plain load and store,
+    /// without the bus-locked add.
+    ///
+    /// # Signal safety
+    /// Two relaxed atomic accesses.
+    #[inline(always)]
+    pub(crate) fn add_owned(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -68,17 +79,31 @@ impl CostHistogram {
         }
     }
 
+    /// Records one duration; the caller owns the histogram (see
+    /// [`Counter::add_owned`]).
+    ///
     /// # Signal safety
-    /// Arithmetic and one relaxed atomic add.
+    /// Arithmetic and two relaxed atomic accesses.
     #[inline]
-    pub(crate) fn record(&self, ns: u64) {
-        self.buckets[Self::bucket_of(ns)].inc();
+    pub(crate) fn record_owned(&self, ns: u64) {
+        self.buckets[Self::bucket_of(ns)].add_owned(1);
     }
 
-    /// The value at quantile `q` (0 to 1), as the floor of its bucket; `None`
-    /// before anything was recorded.
-    pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.buckets.iter().map(Counter::get).collect();
+    /// Adds this histogram's counts into `totals`.
+    pub(crate) fn add_to(&self, totals: &mut [u64; Self::BUCKETS]) {
+        for (total, bucket) in totals.iter_mut().zip(&self.buckets) {
+            *total += bucket.get();
+        }
+    }
+
+    /// An empty set of totals for [`Self::add_to`].
+    pub(crate) fn empty_totals() -> [u64; Self::BUCKETS] {
+        [0; Self::BUCKETS]
+    }
+
+    /// The value at quantile `q` (0 to 1) of summed `counts`, as the floor of
+    /// its bucket; `None` when nothing was recorded.
+    pub(crate) fn quantile(counts: &[u64; Self::BUCKETS], q: f64) -> Option<u64> {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -92,15 +117,24 @@ impl CostHistogram {
     }
 }
 
-/// Events counted by the signal handler.
+/// Per-sample counts, kept in each unwind scratch entry so that the handler
+/// updates memory owned by it alone (no shared cache line bounces between
+/// cores, no locked instructions). `stats()` sums them.
 #[derive(Default)]
-pub(crate) struct HandlerCounters {
-    /// Timer signals that reached the handler from our timers.
-    pub(crate) signals: Counter,
+pub(crate) struct SampleCounters {
     /// Samples written to the buffer.
     pub(crate) samples: Counter,
     /// Sum of sample weights (timer expirations, overruns included).
     pub(crate) weight: Counter,
+    pub(crate) truncated: Counter,
+    pub(crate) incomplete: Counter,
+    pub(crate) cost_ns: CostHistogram,
+}
+
+/// Events counted by the signal handler on the rarer paths (drops, foreign
+/// signals), shared by all handlers.
+#[derive(Default)]
+pub(crate) struct HandlerCounters {
     /// SIGPROF signals not sent by our timers, ignored.
     pub(crate) foreign_signals: Counter,
     pub(crate) dropped_buffer_full: Counter,
@@ -110,9 +144,6 @@ pub(crate) struct HandlerCounters {
     pub(crate) dropped_thread_unregistered: Counter,
     /// Expirations lost with dropped samples, so accounting can show them.
     pub(crate) dropped_weight: Counter,
-    pub(crate) truncated: Counter,
-    pub(crate) incomplete: Counter,
-    pub(crate) cost_ns: CostHistogram,
 }
 
 /// A snapshot of the agent's self-report. See [`Agent::stats`](crate::Agent::stats).
@@ -212,15 +243,17 @@ mod tests {
     #[test]
     fn quantiles_follow_the_data() {
         let h = CostHistogram::default();
-        assert_eq!(h.quantile(0.5), None);
+        let mut totals = CostHistogram::empty_totals();
+        assert_eq!(CostHistogram::quantile(&totals, 0.5), None);
         for _ in 0..90 {
-            h.record(500);
+            h.record_owned(500);
         }
         for _ in 0..10 {
-            h.record(20_000);
+            h.record_owned(20_000);
         }
-        let p50 = h.quantile(0.5).unwrap();
-        let p99 = h.quantile(0.99).unwrap();
+        h.add_to(&mut totals);
+        let p50 = CostHistogram::quantile(&totals, 0.5).unwrap();
+        let p99 = CostHistogram::quantile(&totals, 0.99).unwrap();
         assert!((440..=500).contains(&p50), "{p50}");
         assert!((17_500..=20_000).contains(&p99), "{p99}");
     }

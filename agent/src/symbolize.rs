@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn resolves_a_rust_function_without_hash_suffix() {
         let service = SymbolService::spawn().unwrap();
-        let address = a_function_with_a_distinctive_name as usize as u64 + 1;
+        let address = a_function_with_a_distinctive_name as *const () as u64 + 1;
         let resolved = service.resolve(&map(), vec![address], Duration::from_secs(60));
         let names: Vec<&str> = resolved[0].frames.iter().map(|f| &*f.function).collect();
         let outer = names.last().unwrap();

@@ -13,7 +13,7 @@ pub(crate) mod stacks;
 
 use std::collections::HashMap;
 
-use stacks::{StackId, ThreadKey};
+use stacks::{FastMap, StackId, ThreadKey};
 
 /// One sample after interning.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub(crate) struct Observation {
 /// Weighted sample counts per (stack, thread).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Aggregate {
-    counts: HashMap<(StackId, ThreadKey), u64>,
+    counts: FastMap<(StackId, ThreadKey), u64>,
     capacity: usize,
     /// Observations refused because the table was full.
     pub(crate) dropped: u64,
@@ -38,7 +38,7 @@ pub(crate) struct Aggregate {
 impl Aggregate {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Aggregate {
-            counts: HashMap::new(),
+            counts: FastMap::default(),
             capacity,
             dropped: 0,
         }

@@ -15,6 +15,7 @@
 //! space is a sample dropped (and counted).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Identifies an interned stack: the index of its leaf-most node.
 pub(crate) type StackId = u32;
@@ -27,6 +28,41 @@ pub(crate) const TRUNCATED_FRAME: u64 = 1;
 /// No caller: the node is a root frame.
 const NO_PARENT: u32 = u32::MAX;
 
+/// The multiply-rotate hash of rustc's `FxHasher`: the keys here are small
+/// integers from our own process (no adversary picks them), so SipHash's
+/// flood resistance buys nothing and costs most of the collector's time.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, word: u32) {
+        self.write_u64(u64::from(word));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `HashMap` with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
 #[derive(Debug, Clone, Copy)]
 struct Node {
     parent: u32,
@@ -37,7 +73,7 @@ struct Node {
 #[derive(Debug)]
 pub(crate) struct StackTable {
     nodes: Vec<Node>,
-    index: HashMap<(u32, u64), u32>,
+    index: FastMap<(u32, u64), u32>,
     capacity: usize,
 }
 
@@ -45,7 +81,7 @@ impl StackTable {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         StackTable {
             nodes: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             capacity: capacity.min(NO_PARENT as usize),
         }
     }

@@ -80,3 +80,30 @@ pub(crate) unsafe fn call_on_stack(
         );
     }
 }
+
+/// No compact rules on aarch64 yet: every frame is unwound by framehop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CompactRule {}
+
+/// See the x86_64 version.
+#[inline(always)]
+pub(crate) fn exec_compact(
+    rule: CompactRule,
+    _regs: &mut UnwindRegsAarch64,
+    _read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Result<Option<u64>, ()> {
+    match rule {}
+}
+
+/// See the x86_64 version; always `None` here.
+pub(crate) fn derive_compact_rule(
+    _unwinder: &crate::unwind::NativeUnwinder,
+    _cache: &mut crate::unwind::NativeCache,
+    _return_address: u64,
+) -> Option<CompactRule> {
+    None
+}
+
+/// See the x86_64 version; a no-op here for now.
+#[inline(always)]
+pub(crate) fn prefetch_for_write(_frames: &[u64]) {}

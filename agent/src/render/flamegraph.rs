@@ -25,7 +25,10 @@ impl Default for Style {
 /// Writes `profile` as an SVG flame graph.
 pub(crate) fn write(profile: &Profile, style: &Style, out: impl Write) -> Result<(), Error> {
     let folded = crate::render::folded::render(profile);
-    let subtitle = style.subtitle.clone().unwrap_or_else(|| default_subtitle(profile));
+    let subtitle = style
+        .subtitle
+        .clone()
+        .unwrap_or_else(|| default_subtitle(profile));
     let mut options = options(&style.title, subtitle);
     if folded.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid
@@ -33,7 +36,8 @@ pub(crate) fn write(profile: &Profile, style: &Style, out: impl Write) -> Result
         return flamegraph::from_lines(&mut options, ["[no samples] 1"], out)
             .map_err(|e| Error::Flamegraph(e.to_string()));
     }
-    flamegraph::from_lines(&mut options, folded.lines(), out).map_err(|e| Error::Flamegraph(e.to_string()))
+    flamegraph::from_lines(&mut options, folded.lines(), out)
+        .map_err(|e| Error::Flamegraph(e.to_string()))
 }
 
 fn default_subtitle(profile: &Profile) -> String {

@@ -197,7 +197,10 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
         .collect();
 
     let has_files = profile.functions.iter().any(|f| f.file.is_some());
-    let has_lines = profile.locations.iter().any(|l| l.lines.iter().any(|l| l.line.is_some()));
+    let has_lines = profile
+        .locations
+        .iter()
+        .any(|l| l.lines.iter().any(|l| l.line.is_some()));
     let has_inlines = profile.locations.iter().any(|l| l.lines.len() > 1);
     let mapping = profile
         .modules
@@ -285,7 +288,10 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
 /// Encodes and gzips `profile`.
 pub(crate) fn encode(profile: &Profile) -> Result<Vec<u8>, Error> {
     let bytes = to_message(profile).encode_to_vec();
-    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), Compression::default());
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        Compression::default(),
+    );
     gz.write_all(&bytes)?;
     Ok(gz.finish()?)
 }

@@ -20,16 +20,20 @@
 //! regions. [`ScratchPool`] holds the pre-allocated unwinder caches and private
 //! stacks the handler borrows for one walk.
 
+mod compact;
 pub(crate) mod modules;
 pub(crate) mod published;
 pub(crate) mod regions;
 mod scratch;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
 
 pub(crate) use scratch::ScratchPool;
 
-use crate::arch::{InterruptedRegs, unwind_regs};
+use crate::arch::{InterruptedRegs, derive_compact_rule, exec_compact, unwind_regs};
+use compact::{Cached, CompactRuleCache};
 use crate::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED};
 use crate::config::Unwinder;
 use modules::LoadedModule;
@@ -43,17 +47,41 @@ pub(crate) type NativeCache = framehop::CacheNative<MustNotAllocateDuringUnwind>
 pub(crate) struct UnwindTables {
     unwinder: NativeUnwinder,
     regions: StackRegions,
+    /// Distinguishes successive tables, so that rules cached under one
+    /// module set are never used with another.
+    generation: u32,
 }
 
 impl UnwindTables {
     pub(crate) fn new(modules: &[LoadedModule], regions: StackRegions) -> Self {
+        static GENERATION: AtomicU32 = AtomicU32::new(1);
         let mut unwinder = NativeUnwinder::new();
         for module in modules {
             if let Some(unwind) = &module.unwind {
                 unwinder.add_module((**unwind).clone());
             }
         }
-        UnwindTables { unwinder, regions }
+        UnwindTables {
+            unwinder,
+            regions,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// The per-walk caches: framehop's rule cache and the compact fast path in
+/// front of it. Owned by one scratch entry, so used by one handler at a time.
+pub(crate) struct WalkCaches {
+    framehop: NativeCache,
+    compact: CompactRuleCache,
+}
+
+impl WalkCaches {
+    pub(crate) fn new() -> Self {
+        WalkCaches {
+            framehop: NativeCache::new_in(),
+            compact: CompactRuleCache::new(),
+        }
     }
 }
 
@@ -77,7 +105,7 @@ pub(crate) fn walk(
     method: Unwinder,
     tables: &UnwindTables,
     regs: &InterruptedRegs,
-    cache: &mut NativeCache,
+    caches: &mut WalkCaches,
     frames: &mut [u64],
 ) -> WalkResult {
     let Some(first) = frames.first_mut() else {
@@ -96,25 +124,54 @@ pub(crate) fn walk(
         };
     };
     match method {
-        Unwinder::Dwarf => walk_dwarf(&tables.unwinder, bounds, regs, cache, frames),
+        Unwinder::Dwarf => walk_dwarf(tables, bounds, regs, caches, frames),
         Unwinder::FramePointers => walk_frame_pointers(bounds, regs.fp, frames),
     }
 }
 
 fn walk_dwarf(
-    unwinder: &NativeUnwinder,
+    tables: &UnwindTables,
     bounds: StackBounds,
     regs: &InterruptedRegs,
-    cache: &mut NativeCache,
+    caches: &mut WalkCaches,
     frames: &mut [u64],
 ) -> WalkResult {
     let mut read_stack = |address: u64| bounds.read_u64(address);
     let mut unwind_regs = unwind_regs(regs);
     let mut address = FrameAddress::from_instruction_pointer(regs.pc);
     let mut depth = 1;
+    caches.compact.begin_walk(tables.generation);
     loop {
         let previous_sp = unwind_regs.sp();
-        match unwinder.unwind_frame(address, &mut unwind_regs, cache, &mut read_stack) {
+        let step = match address {
+            // Return addresses repeat from sample to sample: try the fast path.
+            FrameAddress::ReturnAddress(return_address) => {
+                let return_address = return_address.get();
+                let rule = match caches.compact.lookup(depth, return_address) {
+                    Cached::Rule(rule) => Some(rule),
+                    Cached::FramehopOnly => None,
+                    Cached::Miss => {
+                        let rule = derive_compact_rule(&tables.unwinder, &mut caches.framehop, return_address);
+                        caches.compact.remember(depth, return_address, rule);
+                        rule
+                    }
+                };
+                match rule {
+                    Some(rule) => exec_compact(rule, &mut unwind_regs, &mut read_stack),
+                    None => tables
+                        .unwinder
+                        .unwind_frame(address, &mut unwind_regs, &mut caches.framehop, &mut read_stack)
+                        .map_err(|_| ()),
+                }
+            }
+            // The interrupted frame may be mid-prologue or mid-epilogue:
+            // framehop's first-frame rules know how to handle that.
+            FrameAddress::InstructionPointer(_) => tables
+                .unwinder
+                .unwind_frame(address, &mut unwind_regs, &mut caches.framehop, &mut read_stack)
+                .map_err(|_| ()),
+        };
+        match step {
             // A return address of zero marks the outermost frame.
             Ok(None) | Ok(Some(0)) => return WalkResult { depth, flags: 0 },
             Ok(Some(return_address)) => {
@@ -139,7 +196,7 @@ fn walk_dwarf(
                     None => return WalkResult { depth, flags: 0 },
                 };
             }
-            Err(_) => {
+            Err(()) => {
                 return WalkResult {
                     depth,
                     flags: FLAG_INCOMPLETE,
@@ -147,6 +204,35 @@ fn walk_dwarf(
             }
         }
     }
+}
+
+/// The same walk without the compact fast path, for comparison in tests.
+#[cfg(test)]
+fn walk_dwarf_framehop_only(
+    tables: &UnwindTables,
+    bounds: StackBounds,
+    regs: &InterruptedRegs,
+    caches: &mut WalkCaches,
+    frames: &mut [u64],
+) -> WalkResult {
+    let mut read_stack = |address: u64| bounds.read_u64(address);
+    let mut unwind_regs = unwind_regs(regs);
+    frames[0] = regs.pc;
+    let mut address = FrameAddress::from_instruction_pointer(regs.pc);
+    let mut depth = 1;
+    while let Ok(Some(return_address)) =
+        tables
+            .unwinder
+            .unwind_frame(address, &mut unwind_regs, &mut caches.framehop, &mut read_stack)
+    {
+        let Some(next) = FrameAddress::from_return_address(return_address) else {
+            break;
+        };
+        frames[depth] = return_address;
+        depth += 1;
+        address = next;
+    }
+    WalkResult { depth, flags: 0 }
 }
 
 /// Follows the frame-pointer chain: at `fp` sit the caller's frame pointer
@@ -193,20 +279,79 @@ fn walk_frame_pointers(bounds: StackBounds, mut fp: u64, frames: &mut [u64]) -> 
 mod tests {
     use super::*;
 
+    /// Recurses `depth` times, then walks its own stack `repeat` times with
+    /// each method; returns the frames each found and the time each took.
+    #[inline(never)]
+    fn walk_at_depth(depth: u32, tables: &UnwindTables, repeat: u32) -> [(Vec<u64>, std::time::Duration); 2] {
+        if depth > 0 {
+            return std::hint::black_box(walk_at_depth(depth - 1, tables, repeat));
+        }
+        let regs = crate::arch::current_regs();
+        let bounds = tables.regions.bounds_for(regs.sp).expect("own stack");
+        let mut caches = WalkCaches::new();
+        [false, true].map(|use_compact| {
+            let mut frames = vec![0u64; 256];
+            frames[0] = regs.pc;
+            let mut result = WalkResult { depth: 0, flags: 0 };
+            let start = std::time::Instant::now();
+            for _ in 0..repeat {
+                result = if use_compact {
+                    walk_dwarf(tables, bounds, &regs, &mut caches, &mut frames)
+                } else {
+                    walk_dwarf_framehop_only(tables, bounds, &regs, &mut caches, &mut frames)
+                };
+            }
+            let elapsed = start.elapsed();
+            frames.truncate(result.depth);
+            (frames, elapsed)
+        })
+    }
+
+    fn tables() -> UnwindTables {
+        UnwindTables::new(&modules::enumerate(&[]), StackRegions::read().unwrap())
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn compact_rules_walk_exactly_like_framehop() {
+        let tables = tables();
+        // Cold, then warm caches.
+        let [(reference, _), (compact, _)] = walk_at_depth(40, &tables, 3);
+        assert!(reference.len() > 40, "walked {} frames", reference.len());
+        assert_eq!(compact, reference);
+    }
+
+    #[test]
+    #[ignore = "timing exploration; run with --ignored --nocapture in release"]
+    fn walk_cost_per_frame() {
+        let tables = tables();
+        let [(frames, framehop), (_, compact)] = walk_at_depth(50, &tables, 100_000);
+        for (name, time) in [("framehop", framehop), ("compact", compact)] {
+            let ns = time.as_nanos() as f64 / 100_000.0;
+            println!("{name}: {} frames, {ns:.0} ns per walk, {:.1} ns per frame", frames.len(), ns / frames.len() as f64);
+        }
+    }
+
     /// Builds a fake frame-pointer chain in a buffer that stands in for a stack.
     #[test]
     fn frame_pointer_walk_is_bounded_and_monotonic() {
-        let mut stack = [0u64; 16];
-        let base = stack.as_ptr() as u64;
-        let at = |i: usize| base + 8 * i as u64;
+        let mut words = [0u64; 16];
+        let base = words.as_mut_ptr();
+        let at = |i: usize| base as u64 + 8 * i as u64;
+        // All accesses go through `base`, as the walker's reads do.
+        // SAFETY: every index used is below 16.
+        let set = |i: usize, value: u64| unsafe { base.add(i).write_volatile(value) };
         // frame at 2 -> frame at 6 -> frame at 10 -> end (fp 0)
-        stack[2] = at(6);
-        stack[3] = 0x1111;
-        stack[6] = at(10);
-        stack[7] = 0x2222;
-        stack[10] = 0;
-        stack[11] = 0x3333;
-        let bounds = StackBounds { low: base, high: base + 16 * 8 };
+        set(2, at(6));
+        set(3, 0x1111);
+        set(6, at(10));
+        set(7, 0x2222);
+        set(10, 0);
+        set(11, 0x3333);
+        let bounds = StackBounds {
+            low: at(0),
+            high: at(16),
+        };
         let mut frames = [0u64; 8];
         frames[0] = 0xaaaa;
         let result = walk_frame_pointers(bounds, at(2), &mut frames);
@@ -214,12 +359,12 @@ mod tests {
         assert_eq!(&frames[..4], &[0xaaaa, 0x1111, 0x2222, 0x3333]);
 
         // A loop in the chain ends the walk instead of spinning.
-        stack[10] = at(2);
+        set(10, at(2));
         let result = walk_frame_pointers(bounds, at(2), &mut frames);
         assert_eq!(result.flags, FLAG_INCOMPLETE);
+        set(10, 0);
 
         // Depth limit marks truncation.
-        stack[10] = 0;
         let mut short = [0u64; 2];
         let result = walk_frame_pointers(bounds, at(2), &mut short);
         assert_eq!(result, WalkResult { depth: 2, flags: FLAG_TRUNCATED });

@@ -340,7 +340,7 @@ mod tests {
             .find(|m| m.path.as_deref() == Some(exe.as_path()))
             .expect("the executable is listed");
         assert!(main.unwind.is_some(), "release and debug builds carry .eh_frame_hdr");
-        let here = finds_the_test_binary_libc_and_vdso_with_unwind_data as usize as u64;
+        let here = finds_the_test_binary_libc_and_vdso_with_unwind_data as *const () as u64;
         assert!(main.avma_range.contains(&here));
         assert!(modules.iter().any(|m| m.name.contains("libc.so")));
         assert!(modules.iter().any(|m| m.name == "[vdso]"));

@@ -1,5 +1,5 @@
-//! Pre-allocated working memory the handler borrows for one stack walk: a
-//! framehop cache (it must be `&mut` during a walk, so each concurrent
+//! Pre-allocated working memory the handler borrows for one stack walk: the
+//! unwind caches (they must be `&mut` during a walk, so each concurrent
 //! handler needs its own) and a private stack to run the walk on.
 //!
 //! Why a private stack: the handler may run on a small `sigaltstack` (Rust
@@ -13,7 +13,8 @@
 
 use std::io;
 
-use super::NativeCache;
+use super::WalkCaches;
+use crate::stats::SampleCounters;
 use crate::sync::{AtomicBool, Ordering, UnsafeCell};
 
 /// Size of each private walk stack. The deepest walk measured needs about a
@@ -26,8 +27,11 @@ struct Entry {
     /// return order the previous owner's cache writes before the next owner's
     /// reads.
     busy: AtomicBool,
-    cache: UnsafeCell<NativeCache>,
+    caches: UnsafeCell<WalkCaches>,
     stack: MappedStack,
+    /// Counts of the samples taken with this entry; written only by its
+    /// current owner.
+    counters: SampleCounters,
 }
 
 /// The pool. Built before any timer is armed; freed after the last handler
@@ -54,8 +58,9 @@ impl ScratchPool {
             .map(|_| {
                 Ok(Entry {
                     busy: AtomicBool::new(false),
-                    cache: UnsafeCell::new(NativeCache::new_in()),
+                    caches: UnsafeCell::new(WalkCaches::new()),
                     stack: MappedStack::new(WALK_STACK_BYTES)?,
+                    counters: SampleCounters::default(),
                 })
             })
             .collect::<io::Result<_>>()?;
@@ -66,7 +71,13 @@ impl ScratchPool {
     /// live behind boxes, so `size_of` alone undercounts) plus stacks.
     pub(crate) fn memory_bytes(&self) -> usize {
         const FRAMEHOP_CACHE_ESTIMATE: usize = 40 * 1024;
-        self.entries.len() * (FRAMEHOP_CACHE_ESTIMATE + WALK_STACK_BYTES + GUARD_BYTES)
+        let caches = FRAMEHOP_CACHE_ESTIMATE + super::compact::CompactRuleCache::memory_bytes();
+        self.entries.len() * (caches + WALK_STACK_BYTES + GUARD_BYTES)
+    }
+
+    /// Every entry's counters, for summing.
+    pub(crate) fn counters(&self) -> impl Iterator<Item = &SampleCounters> {
+        self.entries.iter().map(|e| &e.counters)
     }
 
     /// Claims a free entry, starting the search at `hint` so that concurrent
@@ -93,11 +104,16 @@ impl Scratch<'_> {
         self.entry.stack.top()
     }
 
-    /// Runs `f` with exclusive access to the entry's cache.
-    pub(crate) fn with_cache<R>(&mut self, f: impl FnOnce(&mut NativeCache) -> R) -> R {
+    /// The entry's counters; this `Scratch` is their only writer.
+    pub(crate) fn counters(&self) -> &SampleCounters {
+        &self.entry.counters
+    }
+
+    /// Runs `f` with exclusive access to the entry's caches.
+    pub(crate) fn with_caches<R>(&mut self, f: impl FnOnce(&mut WalkCaches) -> R) -> R {
         // SAFETY: the claim CAS made this `Scratch` the entry's only user, and
         // `&mut self` keeps the borrow unique.
-        self.entry.cache.with_mut(|cache| f(unsafe { &mut *cache }))
+        self.entry.caches.with_mut(|caches| f(unsafe { &mut *caches }))
     }
 }
 
