@@ -38,7 +38,10 @@ use crate::unwind::regions::StackRegions;
 pub(crate) const CYCLE: Duration = Duration::from_millis(25);
 
 /// Most captures that may run at once; each holds its own aggregate.
-pub(crate) const MAX_CAPTURES: usize = 32;
+pub(crate) const MAX_CAPTURES: usize = 8;
+
+/// Distinct (stack, thread) entries one capture may hold.
+const CAPTURE_ENTRIES: usize = 32 * 1024;
 
 /// Counters the collector publishes for `stats()`.
 #[derive(Default)]
@@ -95,7 +98,7 @@ impl Store {
                 threads: ThreadTable::with_capacity(threads::MAX_THREADS * 4),
                 captures: Vec::new(),
                 next_capture_id: 1,
-                capture_capacity: stack_capacity,
+                capture_capacity: CAPTURE_ENTRIES,
                 drained_through_ns: 0,
                 modules,
             }),
