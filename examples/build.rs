@@ -14,11 +14,21 @@ fn main() {
     println!("cargo::rerun-if-changed=plugin/plugin.c");
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let status = Command::new(&compiler)
-        .args(["-shared", "-fPIC", "-O2", "-g", "-fomit-frame-pointer", "-o"])
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-o",
+        ])
         .arg(&library)
         .arg("plugin/plugin.c")
         .status()
         .unwrap_or_else(|e| panic!("running {compiler} to build the dlopen fixture: {e}"));
-    assert!(status.success(), "{compiler} failed to build plugin/plugin.c");
+    assert!(
+        status.success(),
+        "{compiler} failed to build plugin/plugin.c"
+    );
     println!("cargo::rustc-env=SMOLDER_PLUGIN_PATH={}", library.display());
 }

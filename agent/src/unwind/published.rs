@@ -15,10 +15,16 @@
 //!   before the writer's check (so the writer waits for it) or will see the
 //!   flip on its re-check and never touch the old pointer.
 //!
-//! All accesses to `current`, the counts and the slots are `SeqCst`: the
-//! argument above is a Dekker-style "store then load on both sides", which
-//! needs a single total order over those operations, not just acquire/release
-//! pairs.
+//! The argument is Dekker-style: each side writes (the reader its count,
+//! the writer `current`) and then reads what the other wrote. Acquire and
+//! release alone allow both reads to miss both writes, so each side puts a
+//! `SeqCst` fence between its write and its read; the fences are totally
+//! ordered, so at least one side sees the other. (Fences rather than `SeqCst`
+//! accesses because loom models `SeqCst` fences exactly but treats `SeqCst`
+//! accesses as acquire/release.) The pointers themselves are handed over
+//! with release stores and acquire loads, and a reader's last use of a value
+//! happens before the writer frees it through the release decrement of the
+//! count and the writer's acquire load that sees zero.
 //!
 //! The writer's wait is bounded: a reader that never finishes (a thread
 //! stopped by a debugger in the middle of a sample) makes the writer leak the
@@ -27,7 +33,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicPtr, AtomicUsize, CachePadded, Ordering::SeqCst};
+use crate::sync::{AtomicPtr, AtomicUsize, CachePadded, Ordering, fence};
 
 /// A value readable from signal handlers and replaceable from agent threads.
 pub(crate) struct Published<T> {
@@ -64,7 +70,9 @@ impl<T> std::ops::Deref for ReadGuard<'_, T> {
 
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, SeqCst);
+        // Release: our reads of the value happen before the writer's acquire
+        // load that sees the count at zero, and so before it frees the value.
+        self.count.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -94,22 +102,30 @@ impl<T> Published<T> {
     #[inline]
     pub(crate) fn read(&self) -> Option<ReadGuard<'_, T>> {
         for _ in 0..2 {
-            let index = self.current.load(SeqCst) & 1;
+            // Relaxed: a stale index is caught by the re-check below.
+            let index = self.current.load(Ordering::Relaxed) & 1;
             let count = &self.readers[index];
-            count.fetch_add(1, SeqCst);
-            if self.current.load(SeqCst) & 1 == index {
-                let ptr = self.slots[index].load(SeqCst);
+            count.fetch_add(1, Ordering::Relaxed);
+            // Orders our increment before the re-check, against the writer's
+            // fence between its flip and its count check (module docs).
+            fence(Ordering::SeqCst);
+            if self.current.load(Ordering::Relaxed) & 1 == index {
+                // Acquire: pairs with the writer's release store of the
+                // pointer, so the value's contents are visible.
+                let ptr = self.slots[index].load(Ordering::Acquire);
                 // SAFETY: the writer frees a slot's value only after moving
                 // `current` away from it and then seeing its count at zero; we
                 // incremented the count and then saw `current` still on this
                 // slot, so the value stays alive until our guard decrements.
-                return unsafe { ptr.as_ref() }.map(|value| ReadGuard { value, count })
-                    .or_else(|| {
-                        count.fetch_sub(1, SeqCst);
-                        None
-                    });
+                match unsafe { ptr.as_ref() } {
+                    Some(value) => return Some(ReadGuard { value, count }),
+                    None => {
+                        count.fetch_sub(1, Ordering::Release);
+                        return None;
+                    }
+                }
             }
-            count.fetch_sub(1, SeqCst);
+            count.fetch_sub(1, Ordering::Release);
         }
         None
     }
@@ -120,22 +136,27 @@ impl<T> Published<T> {
     /// Agent threads only: may sleep.
     pub(crate) fn publish(&self, value: Box<T>, patience: Duration) -> Retired {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let old_index = self.current.load(SeqCst) & 1;
+        // Relaxed: only writers change `current`, and they hold the lock.
+        let old_index = self.current.load(Ordering::Relaxed) & 1;
         let new_index = old_index ^ 1;
         // The other slot is always empty between publications (its value was
         // freed or leaked last time), so nothing is overwritten here.
-        self.slots[new_index].store(Box::into_raw(value), SeqCst);
-        self.current.store(new_index, SeqCst);
+        // Release: readers that acquire the pointer see the value's contents.
+        self.slots[new_index].store(Box::into_raw(value), Ordering::Release);
+        self.current.store(new_index, Ordering::Relaxed);
+        // Orders the flip before the count check (module docs).
+        fence(Ordering::SeqCst);
 
         let deadline = Instant::now() + patience;
-        while self.readers[old_index].load(SeqCst) != 0 {
+        // Acquire: pairs with the readers' release decrements.
+        while self.readers[old_index].load(Ordering::Acquire) != 0 {
             if Instant::now() >= deadline {
-                self.slots[old_index].store(std::ptr::null_mut(), SeqCst);
+                self.slots[old_index].store(std::ptr::null_mut(), Ordering::Relaxed);
                 return Retired::Leaked;
             }
             crate::sync::backoff();
         }
-        let old = self.slots[old_index].swap(std::ptr::null_mut(), SeqCst);
+        let old = self.slots[old_index].swap(std::ptr::null_mut(), Ordering::Relaxed);
         if !old.is_null() {
             // SAFETY: `old` came from `Box::into_raw`, `current` no longer names
             // its slot and its reader count was zero after the flip, so no
@@ -149,7 +170,7 @@ impl<T> Published<T> {
 impl<T> Drop for Published<T> {
     fn drop(&mut self) {
         for slot in &self.slots {
-            let ptr = slot.swap(std::ptr::null_mut(), SeqCst);
+            let ptr = slot.swap(std::ptr::null_mut(), Ordering::Acquire);
             if !ptr.is_null() {
                 // SAFETY: `&mut self` proves no reader guard is alive (guards
                 // borrow `self`), and the pointer came from `Box::into_raw`.
@@ -164,6 +185,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
 
     #[test]
     fn readers_see_whole_values_while_writer_replaces_them() {
@@ -217,21 +239,49 @@ mod tests {
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;
+    use loom::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// A value that knows whether it has been dropped.
+    struct Value {
+        number: u32,
+        alive: Arc<AtomicBool>,
+    }
+
+    impl Drop for Value {
+        fn drop(&mut self) {
+            self.alive.store(false, SeqCst);
+        }
+    }
 
     /// A reader racing a publication sees either the old or the new value,
-    /// and the writer frees the old one only after the reader is done (loom
-    /// reports a use-after-free as a failed model).
+    /// never one that has been dropped.
     #[test]
     fn reader_races_publication() {
         loom::model(|| {
-            let published = Arc::new(Published::new(Box::new(loom::cell::Cell::new(1u32))));
+            let first_alive = Arc::new(AtomicBool::new(true));
+            let first = Value {
+                number: 1,
+                alive: first_alive.clone(),
+            };
+            let published = Arc::new(Published::new(Box::new(first)));
             let reader = {
                 let published = published.clone();
-                loom::thread::spawn(move || published.read().map(|v| v.get()))
+                loom::thread::spawn(move || {
+                    published.read().map(|v| {
+                        assert!(v.alive.load(SeqCst), "read a dropped value");
+                        v.number
+                    })
+                })
             };
-            published.publish(Box::new(loom::cell::Cell::new(2)), Duration::from_secs(3600));
+            let second = Value {
+                number: 2,
+                alive: Arc::new(AtomicBool::new(true)),
+            };
+            assert_eq!(published.publish(Box::new(second), Duration::from_secs(3600)), Retired::Freed);
             let seen = reader.join().unwrap();
             assert!(matches!(seen, None | Some(1) | Some(2)));
+            assert!(!first_alive.load(SeqCst), "the old value is dropped once no reader holds it");
         });
     }
 }

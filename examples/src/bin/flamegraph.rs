@@ -15,8 +15,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 const WORDS: &[&str] = &[
-    "ember", "spark", "flame", "ash", "smoke", "coal", "kindling", "blaze", "cinder", "glow", "hearth", "torch",
-    "wick", "soot", "char", "flare",
+    "ember", "spark", "flame", "ash", "smoke", "coal", "kindling", "blaze", "cinder", "glow",
+    "hearth", "torch", "wick", "soot", "char", "flare",
 ];
 
 /// Deterministic pseudo-random text, one document per seed.
@@ -52,7 +52,11 @@ fn rank(counts: &HashMap<String, u64>) -> Vec<(&str, u64)> {
 fn render_report(ranked: &[(&str, u64)]) -> String {
     let mut report = String::new();
     for (word, count) in ranked {
-        let _ = writeln!(report, "{word:>12} {count:>10} {}", "#".repeat((*count % 40) as usize));
+        let _ = writeln!(
+            report,
+            "{word:>12} {count:>10} {}",
+            "#".repeat((*count % 40) as usize)
+        );
     }
     report
 }
@@ -100,9 +104,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut top: Vec<_> = self_weight.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1));
     let total = profile.sample_count().max(1);
-    println!("\n{} samples, {:.2} CPU-s; hottest functions (self time):", total, profile.cpu_time().as_secs_f64());
+    println!(
+        "\n{} samples, {:.2} CPU-s; hottest functions (self time):",
+        total,
+        profile.cpu_time().as_secs_f64()
+    );
     for (function, weight) in top.iter().take(8) {
-        println!("  {:5.1} %  {function}", 100.0 * *weight as f64 / total as f64);
+        println!(
+            "  {:5.1} %  {function}",
+            100.0 * *weight as f64 / total as f64
+        );
     }
     let stats = agent.stats();
     println!(
@@ -113,6 +124,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.handler_cost_p50_ns.unwrap_or(0),
         stats.memory_bytes as f64 / 1e6
     );
-    println!("\nwrote flamegraph.svg (open it in a browser) and profile.pb.gz (go tool pprof -top profile.pb.gz)");
+    println!(
+        "\nwrote flamegraph.svg (open it in a browser) and profile.pb.gz (go tool pprof -top profile.pb.gz)"
+    );
     Ok(())
 }

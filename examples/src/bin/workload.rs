@@ -42,7 +42,9 @@ impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self> {
         let mut map = BTreeMap::new();
         while let Some(key) = args.next() {
-            let key = key.strip_prefix("--").ok_or(format!("expected --option, got {key:?}"))?;
+            let key = key
+                .strip_prefix("--")
+                .ok_or(format!("expected --option, got {key:?}"))?;
             let value = args.next().ok_or(format!("--{key} needs a value"))?;
             map.insert(key.to_owned(), value);
         }
@@ -91,7 +93,10 @@ fn print_stats(agent: &Agent) {
 
 /// CPU time consumed by the calling thread so far.
 fn thread_cpu() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; the thread CPU clock always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
@@ -142,7 +147,9 @@ call_chain!(
 fn split_work(deadline: Instant) -> u64 {
     let mut acc = 0u64;
     while Instant::now() < deadline {
-        acc = acc.wrapping_add(hot_seventy(10)).wrapping_add(cold_thirty(10));
+        acc = acc
+            .wrapping_add(hot_seventy(10))
+            .wrapping_add(cold_thirty(10));
     }
     acc
 }
@@ -209,14 +216,20 @@ fn deep(options: &Options) -> Result<()> {
         let worker = std::thread::Builder::new()
             .name("deep".into())
             .stack_size(16 << 20)
-            .spawn_scoped(scope, || recurse(200, Instant::now() + Duration::from_millis(1500)))
+            .spawn_scoped(scope, || {
+                recurse(200, Instant::now() + Duration::from_millis(1500))
+            })
             .expect("spawn");
         let profile = agent.record(Duration::from_millis(1200));
         worker.join().expect("deep thread");
         profile
     })?;
     save(&profile, &out)?;
-    let deepest = profile.samples().map(|s| s.frames().count()).max().unwrap_or(0);
+    let deepest = profile
+        .samples()
+        .map(|s| s.frames().count())
+        .max()
+        .unwrap_or(0);
     println!("deepest_stack={deepest}");
     print_stats(&agent);
     Ok(())
@@ -303,7 +316,10 @@ impl Plugin {
             Ok(Plugin {
                 handle,
                 spin: std::mem::transmute::<*mut libc::c_void, extern "C" fn(u64) -> u64>(spin),
-                call_back: std::mem::transmute::<*mut libc::c_void, extern "C" fn(Callback, u64) -> u64>(call_back),
+                call_back: std::mem::transmute::<
+                    *mut libc::c_void,
+                    extern "C" fn(Callback, u64) -> u64,
+                >(call_back),
             })
         }
     }
@@ -332,7 +348,10 @@ fn dlopen(options: &Options) -> Result<()> {
     let profile = std::thread::scope(|scope| {
         let capture = scope.spawn(|| agent.record(Duration::from_millis(2500)));
         std::thread::sleep(Duration::from_millis(150));
-        std::hint::black_box(drive_plugin(&plugin, Instant::now() + Duration::from_millis(1800)));
+        std::hint::black_box(drive_plugin(
+            &plugin,
+            Instant::now() + Duration::from_millis(1800),
+        ));
         // Unloaded before the capture ends: its samples must still resolve.
         plugin.close();
         capture.join().expect("capture")
@@ -369,7 +388,10 @@ fn lifecycle() -> Result<()> {
     let disabled = smolder::start()?;
     println!("disabled_enabled={}", disabled.is_enabled());
     println!("disabled_disposition={}", sigprof_disposition());
-    println!("disabled_record_error={}", disabled.record(Duration::from_millis(10)).unwrap_err());
+    println!(
+        "disabled_record_error={}",
+        disabled.record(Duration::from_millis(10)).unwrap_err()
+    );
     drop(disabled);
     // SAFETY: as above.
     unsafe { std::env::set_var("SMOLDER_FREQUENCY_HZ", "fast") };
@@ -408,7 +430,12 @@ fn lifecycle() -> Result<()> {
 
     // Someone else's SIGPROF handler: the agent must refuse and leave it be.
     // SAFETY: installing a handler with the plain signature.
-    unsafe { libc::signal(libc::SIGPROF, foreign_handler as *const () as libc::sighandler_t) };
+    unsafe {
+        libc::signal(
+            libc::SIGPROF,
+            foreign_handler as *const () as libc::sighandler_t,
+        )
+    };
     println!("foreign_handler_error={}", smolder::start().unwrap_err());
     println!("foreign_disposition={}", sigprof_disposition());
     Ok(())

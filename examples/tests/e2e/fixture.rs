@@ -13,9 +13,12 @@ pub struct Run {
 
 impl Run {
     pub fn get(&self, key: &str) -> &str {
-        self.report
-            .get(key)
-            .unwrap_or_else(|| panic!("fixture did not report {key:?}; it printed {:?}", self.report))
+        self.report.get(key).unwrap_or_else(|| {
+            panic!(
+                "fixture did not report {key:?}; it printed {:?}",
+                self.report
+            )
+        })
     }
 
     pub fn number(&self, key: &str) -> f64 {
@@ -42,7 +45,8 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
 
 /// A fresh directory under the target dir for one run's files.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

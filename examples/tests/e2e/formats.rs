@@ -21,7 +21,10 @@ fn go_pprof(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "go tool pprof {args:?} failed:\n{text}");
+    assert!(
+        output.status.success(),
+        "go tool pprof {args:?} failed:\n{text}"
+    );
     text
 }
 
@@ -42,20 +45,31 @@ fn go_tool_pprof_reads_the_profile_and_names_the_hot_functions() {
     let top = go_pprof(&["-top", path.to_str().unwrap()]);
     let hot = flat_percent(&top, "workload::hot_seventy");
     let cold = flat_percent(&top, "workload::cold_thirty");
-    assert!((hot - 70.0).abs() <= 3.5 && (cold - 30.0).abs() <= 3.5, "{top}");
+    assert!(
+        (hot - 70.0).abs() <= 3.5 && (cold - 30.0).abs() <= 3.5,
+        "{top}"
+    );
     assert!(top.contains("Type: cpu"), "{top}");
 
     // Thread labels work with -tagfocus.
     let busy0 = go_pprof(&["-top", "-tagfocus=thread=busy-0", path.to_str().unwrap()]);
     assert!(busy0.contains("workload::hot_seventy"), "{busy0}");
-    let nothing = go_pprof(&["-top", "-tagfocus=thread=no-such-thread", path.to_str().unwrap()]);
+    let nothing = go_pprof(&[
+        "-top",
+        "-tagfocus=thread=no-such-thread",
+        path.to_str().unwrap(),
+    ]);
     assert!(!nothing.contains("workload::hot_seventy"), "{nothing}");
 }
 
 #[test]
 fn pprof_total_matches_the_profile() {
     let run = long_split();
-    let top = go_pprof(&["-top", "-unit=ms", run.file("profile.pb.gz").to_str().unwrap()]);
+    let top = go_pprof(&[
+        "-top",
+        "-unit=ms",
+        run.file("profile.pb.gz").to_str().unwrap(),
+    ]);
     // "Duration: 6.70s, Total samples = 11993ms (178.99%)"
     let total_ms: f64 = top
         .split("Total samples = ")
@@ -64,7 +78,10 @@ fn pprof_total_matches_the_profile() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no total in:\n{top}"));
     let expected_ms = run.number("profile_samples") * 1000.0 / 999.0;
-    assert!((total_ms - expected_ms).abs() <= expected_ms * 0.01 + 2.0, "{total_ms} vs {expected_ms}");
+    assert!(
+        (total_ms - expected_ms).abs() <= expected_ms * 0.01 + 2.0,
+        "{total_ms} vs {expected_ms}"
+    );
 }
 
 #[test]
@@ -76,7 +93,9 @@ fn flamegraph_is_well_formed_svg_naming_the_hot_functions() {
     let mut root = None;
     loop {
         match reader.read_event().expect("well-formed XML") {
-            Event::Start(e) if root.is_none() => root = Some(String::from_utf8_lossy(e.name().as_ref()).into_owned()),
+            Event::Start(e) if root.is_none() => {
+                root = Some(String::from_utf8_lossy(e.name().as_ref()).into_owned())
+            }
             Event::Start(e) if e.name().as_ref() == b"title" => in_title = true,
             Event::End(e) if e.name().as_ref() == b"title" => in_title = false,
             Event::Text(t) if in_title => titles.push(String::from_utf8_lossy(&t).into_owned()),
@@ -85,10 +104,20 @@ fn flamegraph_is_well_formed_svg_naming_the_hot_functions() {
         }
     }
     assert_eq!(root.as_deref(), Some("svg"));
-    for function in ["workload::hot_seventy", "workload::cold_thirty", "workload::chain_01"] {
-        assert!(titles.iter().any(|t| t.contains(function)), "{function} missing from the SVG");
+    for function in [
+        "workload::hot_seventy",
+        "workload::cold_thirty",
+        "workload::chain_01",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(function)),
+            "{function} missing from the SVG"
+        );
     }
-    assert!(svg.contains("samples at 999 Hz"), "subtitle states the rate");
+    assert!(
+        svg.contains("samples at 999 Hz"),
+        "subtitle states the rate"
+    );
 }
 
 #[test]
@@ -100,6 +129,14 @@ fn folded_lines_are_stack_space_count() {
     assert_eq!(total as f64, long_split().number("profile_samples"));
     let mut sorted = folded.lines().collect::<Vec<_>>();
     sorted.sort();
-    assert_eq!(sorted, folded.lines().collect::<Vec<_>>(), "lines are sorted");
-    assert!(parsed.iter().all(|(frames, _)| frames.iter().all(|f| !f.is_empty())));
+    assert_eq!(
+        sorted,
+        folded.lines().collect::<Vec<_>>(),
+        "lines are sorted"
+    );
+    assert!(
+        parsed
+            .iter()
+            .all(|(frames, _)| frames.iter().all(|f| !f.is_empty()))
+    );
 }

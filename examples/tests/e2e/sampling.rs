@@ -9,7 +9,14 @@ use crate::fixture::{Run, leaf_weight, parse_folded, run};
 /// wide statistical margin. Shared with the format tests.
 pub fn long_split() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
-    RUN.get_or_init(|| run("split-long", "split", &["--threads", "2", "--hz", "999", "--seconds", "6"], &[]))
+    RUN.get_or_init(|| {
+        run(
+            "split-long",
+            "split",
+            &["--threads", "2", "--hz", "999", "--seconds", "6"],
+            &[],
+        )
+    })
 }
 
 /// The share of hot vs cold CPU, in percent, from the folded stacks.
@@ -17,7 +24,11 @@ fn hot_share(run: &Run) -> f64 {
     let folded = parse_folded(&run.folded());
     let hot = leaf_weight(&folded, "::hot_seventy") as f64;
     let cold = leaf_weight(&folded, "::cold_thirty") as f64;
-    assert!(hot + cold > 0.0, "no samples in the hot functions:\n{}", run.folded());
+    assert!(
+        hot + cold > 0.0,
+        "no samples in the hot functions:\n{}",
+        run.folded()
+    );
     100.0 * hot / (hot + cold)
 }
 
@@ -35,14 +46,21 @@ fn assert_counts_match_cpu(run: &Run, hz: f64, threads: usize) {
             error * 100.0
         );
     }
-    assert_eq!(run.get("dropped"), "0", "no sample may be lost at this load");
+    assert_eq!(
+        run.get("dropped"),
+        "0",
+        "no sample may be lost at this load"
+    );
 }
 
 #[test]
 fn seventy_thirty_split_within_three_points() {
     let run = long_split();
     let share = hot_share(run);
-    assert!((share - 70.0).abs() <= 3.0, "hot_seventy got {share:.1} % of the split, expected 70 ± 3");
+    assert!(
+        (share - 70.0).abs() <= 3.0,
+        "hot_seventy got {share:.1} % of the split, expected 70 ± 3"
+    );
     assert_eq!(run.get("engine"), "per-thread-timers");
 }
 
@@ -51,11 +69,19 @@ fn sample_counts_match_cpu_time_on_one_and_two_threads() {
     assert_counts_match_cpu(long_split(), 999.0, 2);
     for (threads, hz) in [(1, 99), (2, 99), (1, 999)] {
         let (t, h) = (threads.to_string(), hz.to_string());
-        let run = run(&format!("split-{t}-{h}"), "split", &["--threads", &t, "--hz", &h, "--seconds", "3"], &[]);
+        let run = run(
+            &format!("split-{t}-{h}"),
+            "split",
+            &["--threads", &t, "--hz", &h, "--seconds", "3"],
+            &[],
+        );
         assert_counts_match_cpu(&run, hz as f64, threads);
         // Leaf functions are right at any rate, whatever the statistics.
         let share = hot_share(&run);
-        assert!((50.0..90.0).contains(&share), "{threads} threads at {hz} Hz: hot share {share:.1} %");
+        assert!(
+            (50.0..90.0).contains(&share),
+            "{threads} threads at {hz} Hz: hot share {share:.1} %"
+        );
     }
 }
 
@@ -68,12 +94,21 @@ fn stacks_are_whole_from_thread_start_to_leaf() {
         .max_by_key(|(_, w)| *w)
         .expect("a hot stack");
     let chain: Vec<&String> = frames.iter().filter(|f| f.contains("::chain_")).collect();
-    assert_eq!(chain.len(), 21, "the 21-deep chain is unwound in full: {frames:?}");
+    assert_eq!(
+        chain.len(),
+        21,
+        "the 21-deep chain is unwound in full: {frames:?}"
+    );
     let position = |suffix: &str| frames.iter().position(|f| f.ends_with(suffix));
-    assert!(position("::chain_01") < position("::chain_21"), "root first: {frames:?}");
+    assert!(
+        position("::chain_01") < position("::chain_21"),
+        "root first: {frames:?}"
+    );
     assert!(position("::split_work") < position("::hot_seventy"));
     assert!(
-        frames.first().is_some_and(|f| f == "clone3" || f == "start_thread" || f.starts_with("__clone")),
+        frames
+            .first()
+            .is_some_and(|f| f == "clone3" || f == "start_thread" || f.starts_with("__clone")),
         "walk reaches the thread's entry: {frames:?}"
     );
 }
@@ -89,7 +124,10 @@ fn frame_pointer_mode_still_starts_at_the_interrupted_leaf() {
         &[("SMOLDER_UNWINDER", "frame-pointers")],
     );
     let share = hot_share(&run);
-    assert!((60.0..80.0).contains(&share), "hot share {share:.1} % with frame-pointer mode");
+    assert!(
+        (60.0..80.0).contains(&share),
+        "hot share {share:.1} % with frame-pointer mode"
+    );
 }
 
 #[test]
