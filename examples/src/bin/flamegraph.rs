@@ -29,7 +29,7 @@ fn generate_document(seed: u64, words: usize) -> String {
         state ^= state >> 7;
         state ^= state << 17;
         text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
-        text.push(if state % 11 == 0 { '\n' } else { ' ' });
+        text.push(if state.is_multiple_of(11) { '\n' } else { ' ' });
     }
     text
 }
@@ -102,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut top: Vec<_> = self_weight.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|&(_, weight)| std::cmp::Reverse(weight));
     let total = profile.sample_count().max(1);
     println!(
         "\n{} samples, {:.2} CPU-s; hottest functions (self time):",
