@@ -108,23 +108,22 @@ impl Drop for Agent {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod running {
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     use std::sync::{Arc, Mutex};
     use std::thread::JoinHandle;
-    use std::time::{Duration, Instant, SystemTime};
+    use std::time::{Duration, Instant};
 
+    use crate::aggregate::filter::Filter;
+    use crate::aggregate::history::HistoryLimits;
     use crate::buffer::SampleBuffer;
-    use crate::collector::{CYCLE, Collector, CollectorCounters, Store};
+    use crate::collector::{Collector, CollectorCounters, RateControl, Store};
     use crate::config::Config;
-    use crate::handler::{self, COOKIE_TAG_HIGH, SamplerShared, monotonic_now_ns};
-    use crate::profile::ProfileBuilder;
-    use crate::stats::{CostHistogram, DroppedSamples, HandlerCounters};
+    use crate::handler::{self, SamplerShared};
+    use crate::profiler::Profiler;
+    use crate::stats::HandlerCounters;
     use crate::symbolize::{ModuleMap, SymbolService};
     use crate::timer::{self, signal};
     use crate::unwind::modules;
@@ -135,43 +134,48 @@ mod running {
 
     /// How long a stopping agent waits for handlers still running.
     const HANDLER_DRAIN_PATIENCE: Duration = Duration::from_secs(2);
-    /// How long a capture waits for the collector beyond its window.
-    const COLLECTOR_PATIENCE: Duration = Duration::from_secs(5);
-    /// How long a capture waits for symbols before falling back to
-    /// `module+offset` names.
-    const SYMBOL_PATIENCE: Duration = Duration::from_secs(60);
 
     pub(super) struct Running {
-        config: Config,
-        engine: &'static str,
-        shared: Arc<SamplerShared>,
-        store: Arc<Store>,
-        counters: Arc<CollectorCounters>,
+        profiler: Arc<Profiler>,
         stop: Arc<AtomicBool>,
         collector: Option<JoinHandle<()>>,
-        symbols: SymbolService,
-        started: Instant,
         pid: u32,
+    }
+
+    /// Undoes a partial start: the handler is detached and `SIGPROF` left
+    /// ignored, so nothing armed so far can reach freed state.
+    struct StartGuard {
+        armed: bool,
+    }
+
+    impl Drop for StartGuard {
+        fn drop(&mut self) {
+            if self.armed {
+                handler::deactivate(HANDLER_DRAIN_PATIENCE);
+                signal::retire();
+                threads::registry().clear();
+            }
+        }
     }
 
     impl Running {
         pub(super) fn start(config: Config, generation: u16) -> Result<Running, Error> {
-            let registry = threads::registry();
             let loaded = modules::enumerate(&[]);
             let regions = StackRegions::read().map_err(|source| Error::Os {
                 operation: "reading /proc/self/maps",
                 source,
             })?;
-            let cookie_tag = COOKIE_TAG_HIGH | u64::from(generation);
             let scratch_entries = std::thread::available_parallelism()
                 .map_or(4, |n| n.get() * 2)
                 .clamp(4, 64);
             // Decide the engine before anything is armed: the handler must
             // know whether kernel-sent (setitimer) signals are ours.
             let engine_kind = timer::resolve(config.engine)?;
+            let agent = generation as u8;
             let shared = Arc::new(SamplerShared {
-                cookie_tag,
+                agent,
                 accept_itimer_signals: engine_kind == crate::Engine::Setitimer,
+                itimer_rate_epoch: AtomicUsize::new(0),
                 method: config.unwinder,
                 buffer: SampleBuffer::new(config.buffer_records, config.max_depth),
                 tables: Published::new(Box::new(UnwindTables::new(&loaded, regions))),
@@ -179,35 +183,38 @@ mod running {
                     operation: "mapping unwind scratch stacks",
                     source,
                 })?,
-                registry,
+                registry: threads::registry(),
                 counters: HandlerCounters::default(),
             });
+            let period_ns = timer::period_ns(config.frequency_hz);
             let store = Arc::new(Store::new(
                 config.stack_table_capacity,
                 Arc::new(ModuleMap::default().updated(&loaded)),
+                HistoryLimits {
+                    resolution_ns: config.history_resolution.as_nanos() as u64,
+                    span_ns: config.history_span.as_nanos() as u64,
+                    max_bytes: config.history_bytes,
+                },
+                period_ns,
             ));
             let counters = Arc::new(CollectorCounters::default());
+            let rate = Arc::new(RateControl::new(config.frequency_hz));
             let own_threads = Arc::new(Mutex::new(HashSet::new()));
-            let symbols = SymbolService::spawn().map_err(|source| Error::Os {
+            let symbols = SymbolService::spawn(Arc::clone(&own_threads)).map_err(|source| Error::Os {
                 operation: "spawning the symbolisation thread",
                 source,
             })?;
 
             signal::install()?;
+            let mut guard = StartGuard { armed: true };
             handler::activate(&shared);
-            let engine = match timer::start(engine_kind, config.frequency_hz, cookie_tag) {
-                Ok(engine) => engine,
-                Err(error) => {
-                    handler::deactivate(HANDLER_DRAIN_PATIENCE);
-                    signal::retire();
-                    return Err(error);
-                }
-            };
+            let engine = timer::start(engine_kind, period_ns, agent)?;
             let engine_name = engine.kind().as_str();
             let mut collector = Collector::new(
                 Arc::clone(&shared),
                 Arc::clone(&store),
                 Arc::clone(&counters),
+                Arc::clone(&rate),
                 engine,
                 loaded,
                 Arc::clone(&own_threads),
@@ -222,86 +229,41 @@ mod running {
                     .name("smolder-collector".into())
                     .stack_size(256 * 1024)
                     .spawn(move || collector.run(&stop))
-            };
-            let collector = match collector {
-                Ok(handle) => handle,
-                Err(source) => {
-                    handler::deactivate(HANDLER_DRAIN_PATIENCE);
-                    signal::retire();
-                    return Err(Error::Os {
+                    .map_err(|source| Error::Os {
                         operation: "spawning the collector thread",
                         source,
-                    });
-                }
+                    })?
             };
-            Ok(Running {
+            guard.armed = false;
+            let profiler = Arc::new(Profiler {
                 config,
                 engine: engine_name,
                 shared,
                 store,
                 counters,
+                rate,
+                symbols,
+                own_threads,
+                started: Instant::now(),
+            });
+            Ok(Running {
+                profiler,
                 stop,
                 collector: Some(collector),
-                symbols,
-                started: Instant::now(),
                 // SAFETY: getpid has no preconditions.
                 pid: unsafe { libc::getpid() } as u32,
             })
         }
 
         pub(super) fn record(&self, duration: Duration) -> Result<Profile, Error> {
-            let wall_start = SystemTime::now();
-            let start_ns = monotonic_now_ns();
-            let end_ns = start_ns + duration.as_nanos() as u64;
-            let id =
-                self.store
-                    .begin_capture(start_ns, end_ns)
-                    .map_err(|_| Error::TooManyCaptures {
-                        limit: crate::collector::MAX_CAPTURES,
-                    })?;
-            std::thread::sleep(duration);
-            if !self
-                .store
-                .wait_drained(end_ns, CYCLE * 4 + COLLECTOR_PATIENCE)
-            {
-                self.store.cancel_capture(id);
-                return Err(Error::CollectorUnresponsive {
-                    waited_ms: (CYCLE * 4 + COLLECTOR_PATIENCE).as_millis() as u64,
-                });
-            }
-            let result = self
-                .store
-                .finish_capture(id)
-                .ok_or(Error::CollectorUnresponsive { waited_ms: 0 })?;
-            Ok(self.symbolize(result, wall_start, duration))
+            self.profiler
+                .begin_capture(duration, None, Filter::default())
+                .map_err(|e| e.into_error())?
+                .finish()
         }
 
-        fn symbolize(
-            &self,
-            result: crate::collector::CaptureResult,
-            start: SystemTime,
-            duration: Duration,
-        ) -> Profile {
-            let mut addresses: Vec<u64> = result
-                .stacks
-                .iter()
-                .flat_map(|(f, _, _)| f.iter().copied())
-                .collect();
-            addresses.sort_unstable();
-            addresses.dedup();
-            let resolved =
-                self.symbols
-                    .resolve(&result.modules, addresses.clone(), SYMBOL_PATIENCE);
-            let mut builder = ProfileBuilder::new(start, duration, self.config.frequency_hz);
-            let mut location_of = std::collections::HashMap::with_capacity(addresses.len());
-            for (address, resolved) in addresses.iter().zip(&resolved) {
-                location_of.insert(*address, builder.location(*address, resolved));
-            }
-            for (frames, thread, weight) in &result.stacks {
-                let locations = frames.iter().map(|a| location_of[a]).collect();
-                builder.sample(locations, thread.tid, &thread.name, *weight);
-            }
-            builder.finish()
+        pub(super) fn stats(&self) -> Stats {
+            self.profiler.stats()
         }
 
         pub(super) fn sample_current_thread(&self) -> bool {
@@ -311,7 +273,7 @@ mod running {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             info.si_signo = libc::SIGPROF;
             info.si_code = libc::SI_TIMER;
-            let cookie = self.shared.cookie_tag << 32 | u64::from(tid as u32);
+            let cookie = timer::cookie::encode(self.profiler.shared.agent, 0, tid);
             // The timer union's sigval sits at the same offset as `_rt`'s:
             // after two ints (tid/overrun or pid/uid), at byte 24 on LP64.
             // SAFETY: writing within the siginfo we own.
@@ -333,59 +295,6 @@ mod running {
             status == 0
         }
 
-        pub(super) fn stats(&self) -> Stats {
-            let h = &self.shared.counters;
-            let c = &self.counters;
-            let (mut samples, mut weight, mut truncated, mut incomplete) = (0, 0, 0, 0);
-            let mut costs = CostHistogram::empty_totals();
-            for owned in self.shared.scratch.counters() {
-                samples += owned.samples.get();
-                weight += owned.weight.get();
-                truncated += owned.truncated.get();
-                incomplete += owned.incomplete.get();
-                owned.cost_ns.add_to(&mut costs);
-            }
-            let dropped = DroppedSamples {
-                buffer_full: h.dropped_buffer_full.get(),
-                buffer_contended: h.dropped_buffer_contended.get(),
-                no_unwind_scratch: h.dropped_no_scratch.get(),
-                tables_busy: h.dropped_tables_busy.get(),
-                thread_unregistered: h.dropped_thread_unregistered.get(),
-                stack_table_full: c.dropped_stack_table_full.load(Relaxed),
-                aggregate_full: c.dropped_aggregate_full.load(Relaxed),
-            };
-            let dropped_in_handler = dropped.buffer_full
-                + dropped.buffer_contended
-                + dropped.no_unwind_scratch
-                + dropped.tables_busy
-                + dropped.thread_unregistered;
-            let memory = self.shared.buffer.memory_bytes()
-                + self.shared.scratch.memory_bytes()
-                + c.unwind_data_bytes.load(Relaxed) as usize
-                + c.table_bytes.load(Relaxed) as usize
-                + threads::MAX_THREADS * 4;
-            Stats {
-                engine: self.engine,
-                unwinder: self.config.unwinder.as_str(),
-                frequency_hz: self.config.frequency_hz,
-                threads_sampled: c.threads_sampled.load(Relaxed),
-                timers_armed: c.timers_armed.load(Relaxed),
-                signals: samples + dropped_in_handler,
-                samples,
-                sample_weight: weight,
-                samples_collected: c.samples_collected.load(Relaxed),
-                dropped,
-                stacks_truncated: truncated,
-                stacks_incomplete: incomplete,
-                foreign_signals: h.foreign_signals.get(),
-                handler_cost_p50_ns: CostHistogram::quantile(&costs, 0.50),
-                handler_cost_p99_ns: CostHistogram::quantile(&costs, 0.99),
-                collector_cpu: Duration::from_nanos(c.cpu_ns.load(Relaxed)),
-                memory_bytes: memory as u64,
-                uptime: self.started.elapsed(),
-            }
-        }
-
         /// Stops sampling and frees everything. Returns false if the process
         /// forked since start (this is a child's copy: the threads and timers
         /// it describes belong to the parent), in which case nothing is
@@ -404,7 +313,7 @@ mod running {
             if !handler::deactivate(HANDLER_DRAIN_PATIENCE) {
                 // A handler never left (its thread is stopped in a debugger?):
                 // leak the state it may still read rather than free it.
-                std::mem::forget(Arc::clone(&self.shared));
+                std::mem::forget(Arc::clone(&self.profiler.shared));
             }
             signal::retire();
             threads::registry().clear();

@@ -38,6 +38,8 @@ pub(crate) struct Record {
     /// Timer expirations this sample stands for: 1 + the kernel's overrun
     /// count, so accounted CPU stays right when expirations coalesce.
     pub(crate) weight: u32,
+    /// Which sampling period the timer had (see `timer::cookie`).
+    pub(crate) rate_epoch: u8,
     /// `FLAG_*` bits.
     pub(crate) flags: u32,
     /// Number of valid entries in `frames`.
@@ -53,6 +55,7 @@ impl Record {
             timestamp_ns: 0,
             tid: 0,
             weight: 0,
+            rate_epoch: 0,
             flags: 0,
             depth: 0,
             frames: vec![0; max_depth].into_boxed_slice(),

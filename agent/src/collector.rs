@@ -2,7 +2,8 @@
 //!
 //! Every cycle (25 ms) it
 //! 1. drains the sample buffer, interning each stack and thread and offering
-//!    the observation to every active capture;
+//!    the observation to the history and to every active capture; rolls the
+//!    history's time buckets; applies a requested change of sampling rate;
 //! 2. lists the process's threads: new ones are registered, their names
 //!    read and (once the stack-region table includes them) their timers
 //!    armed; exited ones are unregistered and their timers deleted;
@@ -22,6 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::aggregate::filter::Filter;
+use crate::aggregate::history::{History, HistoryLimits};
 use crate::aggregate::stacks::{StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable};
 use crate::aggregate::{Aggregate, Capture, Observation};
 use crate::buffer::{FLAG_TRUNCATED, Record};
@@ -59,6 +62,101 @@ pub(crate) struct CollectorCounters {
     pub(crate) table_bytes: AtomicU64,
 }
 
+/// The sampling rate: the configured default, or a rate a capture asked for.
+///
+/// Only one non-default rate can be in force at a time: a capture asking for
+/// another while one is held gets [`RateConflict`] (the HTTP endpoint turns
+/// it into a 409). The collector applies the desired rate at its next cycle.
+pub(crate) struct RateControl {
+    default_hz: u32,
+    state: Mutex<RateState>,
+    applied: Condvar,
+}
+
+struct RateState {
+    /// The override in force and how many captures hold it.
+    held: Option<(u32, usize)>,
+    applied_hz: u32,
+}
+
+/// Another capture holds a different sampling rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateConflict {
+    pub(crate) held_hz: u32,
+}
+
+/// Keeps a requested rate in force while alive.
+pub(crate) struct RateHold {
+    control: Arc<RateControl>,
+}
+
+impl RateControl {
+    pub(crate) fn new(default_hz: u32) -> Self {
+        RateControl {
+            default_hz,
+            state: Mutex::new(RateState {
+                held: None,
+                applied_hz: default_hz,
+            }),
+            applied: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for `hz` until the returned hold is dropped.
+    pub(crate) fn hold(this: &Arc<Self>, hz: u32) -> Result<RateHold, RateConflict> {
+        let mut state = this.lock();
+        match &mut state.held {
+            Some((held_hz, holders)) if *held_hz == hz => *holders += 1,
+            Some((held_hz, _)) => return Err(RateConflict { held_hz: *held_hz }),
+            None => state.held = Some((hz, 1)),
+        }
+        Ok(RateHold {
+            control: Arc::clone(this),
+        })
+    }
+
+    /// The rate the collector should apply.
+    pub(crate) fn desired_hz(&self) -> u32 {
+        self.lock().held.map_or(self.default_hz, |(hz, _)| hz)
+    }
+
+    /// The rate in force.
+    pub(crate) fn applied_hz(&self) -> u32 {
+        self.lock().applied_hz
+    }
+
+    fn mark_applied(&self, hz: u32) {
+        self.lock().applied_hz = hz;
+        self.applied.notify_all();
+    }
+
+    /// Waits until the collector has applied `hz`; false on timeout.
+    pub(crate) fn wait_applied(&self, hz: u32, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .applied
+            .wait_timeout_while(state, timeout, |s| s.applied_hz != hz)
+            .unwrap_or_else(|p| p.into_inner());
+        state.applied_hz == hz
+    }
+}
+
+impl Drop for RateHold {
+    fn drop(&mut self) {
+        let mut state = self.control.lock();
+        if let Some((_, holders)) = &mut state.held {
+            *holders -= 1;
+            if *holders == 0 {
+                state.held = None;
+            }
+        }
+    }
+}
+
 /// Aggregation state shared between the collector and readers.
 pub(crate) struct Store {
     state: Mutex<StoreState>,
@@ -77,11 +175,15 @@ pub(crate) struct StoreState {
     pub(crate) drained_through_ns: u64,
     /// Modules for symbolisation, replaced when the loaded set changes.
     pub(crate) modules: Arc<ModuleMap>,
+    pub(crate) history: History,
+    /// Timer period (ns) of each rate epoch (`timer::cookie`).
+    periods: [u64; 256],
 }
 
-/// A capture's results with stacks expanded, ready for symbolisation.
+/// A capture's or window's results with stacks expanded, ready for
+/// symbolisation.
 pub(crate) struct CaptureResult {
-    /// (lookup addresses leaf first, thread, weight).
+    /// (lookup addresses leaf first, thread, CPU nanoseconds).
     pub(crate) stacks: Vec<(Vec<u64>, ThreadInfo, u64)>,
     pub(crate) modules: Arc<ModuleMap>,
 }
@@ -91,7 +193,7 @@ pub(crate) struct CaptureResult {
 pub(crate) struct TooManyCaptures;
 
 impl Store {
-    pub(crate) fn new(stack_capacity: usize, modules: Arc<ModuleMap>) -> Self {
+    pub(crate) fn new(stack_capacity: usize, modules: Arc<ModuleMap>, history: HistoryLimits, period_ns: u64) -> Self {
         Store {
             state: Mutex::new(StoreState {
                 stacks: StackTable::with_capacity(stack_capacity),
@@ -101,6 +203,8 @@ impl Store {
                 capture_capacity: CAPTURE_ENTRIES,
                 drained_through_ns: 0,
                 modules,
+                history: History::new(history, monotonic_now_ns()),
+                periods: [period_ns; 256],
             }),
             drained: Condvar::new(),
         }
@@ -143,11 +247,19 @@ impl Store {
     }
 
     /// Removes the capture and expands its stacks.
-    pub(crate) fn finish_capture(&self, id: u64) -> Option<CaptureResult> {
+    pub(crate) fn finish_capture(&self, id: u64, filter: &Filter) -> Option<CaptureResult> {
         let mut state = self.lock();
         let index = state.captures.iter().position(|c| c.id == id)?;
         let capture = state.captures.swap_remove(index);
-        Some(state.expand(&capture.aggregate))
+        Some(state.expand(&capture.aggregate, filter))
+    }
+
+    /// What the history holds for `[from_ns, to_ns)`, and the span it
+    /// actually covers.
+    pub(crate) fn window(&self, from_ns: u64, to_ns: u64, filter: &Filter) -> (CaptureResult, u64, u64) {
+        let state = self.lock();
+        let window = state.history.window(from_ns, to_ns);
+        (state.expand(&window.aggregate, filter), window.start_ns, window.end_ns)
     }
 
     /// Forgets a capture without reading it.
@@ -157,14 +269,16 @@ impl Store {
 }
 
 impl StoreState {
-    /// Expands an aggregate's interned keys into addresses and thread info.
-    pub(crate) fn expand(&self, aggregate: &Aggregate) -> CaptureResult {
+    /// Expands an aggregate's interned keys into addresses and thread info,
+    /// keeping what `filter` admits.
+    pub(crate) fn expand(&self, aggregate: &Aggregate, filter: &Filter) -> CaptureResult {
         let stacks = aggregate
             .iter()
             .filter_map(|(stack, thread, weight)| {
+                let thread = self.threads.get(thread).filter(|t| filter.admits_thread(t))?;
                 let mut frames = Vec::new();
                 self.stacks.frames_into(stack, &mut frames);
-                Some((frames, self.threads.get(thread)?.clone(), weight))
+                Some((frames, thread.clone(), weight))
             })
             .collect();
         CaptureResult {
@@ -177,28 +291,37 @@ impl StoreState {
     fn live_keys(&self) -> (HashSet<StackId>, HashSet<ThreadKey>) {
         let mut stacks = HashSet::new();
         let mut threads = HashSet::new();
-        for capture in &self.captures {
-            for (s, t, _) in capture.aggregate.iter() {
-                stacks.insert(s);
-                threads.insert(t);
-            }
+        let captured = self.captures.iter().flat_map(|c| c.aggregate.iter().map(|(s, t, _)| (s, t)));
+        for (s, t) in captured.chain(self.history.keys()) {
+            stacks.insert(s);
+            threads.insert(t);
         }
         (stacks, threads)
     }
 
-    /// Drops stacks and threads no sink refers to any more.
+    /// Drops stacks and threads no sink refers to any more. If the stack
+    /// table is still nearly full, the history gives up its oldest buckets
+    /// (reaching less far back) until there is room: old history is worth
+    /// less than new samples.
     fn compact(&mut self) {
-        let (live_stacks, live_threads) = self.live_keys();
-        let stacks = self.stacks.compact(live_stacks);
-        let threads = self.threads.compact(live_threads);
-        for capture in &mut self.captures {
-            capture.aggregate.remap(&stacks, &threads);
+        loop {
+            let (live_stacks, live_threads) = self.live_keys();
+            let stacks = self.stacks.compact(live_stacks);
+            let threads = self.threads.compact(live_threads);
+            for capture in &mut self.captures {
+                capture.aggregate.remap(&stacks, &threads);
+            }
+            self.history.remap(&stacks, &threads);
+            if !self.stacks.is_nearly_full() || !self.history.pop_oldest() {
+                return;
+            }
         }
     }
 
     fn memory_bytes(&self) -> usize {
         self.stacks.memory_bytes()
             + self.threads.memory_bytes()
+            + self.history.memory_bytes()
             + self.captures.iter().map(|c| c.aggregate.memory_bytes()).sum::<usize>()
     }
 }
@@ -208,7 +331,11 @@ pub(crate) struct Collector {
     shared: Arc<SamplerShared>,
     store: Arc<Store>,
     counters: Arc<CollectorCounters>,
+    rate: Arc<RateControl>,
     engine: Box<dyn TimerEngine>,
+    /// The rate in force and its epoch (`timer::cookie`).
+    rate_hz: u32,
+    rate_epoch: u8,
     modules: Vec<LoadedModule>,
     load_generation: LoadGeneration,
     /// Threads being sampled, sorted.
@@ -227,10 +354,12 @@ impl Collector {
         shared: Arc<SamplerShared>,
         store: Arc<Store>,
         counters: Arc<CollectorCounters>,
+        rate: Arc<RateControl>,
         engine: Box<dyn TimerEngine>,
         modules: Vec<LoadedModule>,
         own_threads: Arc<Mutex<HashSet<i32>>>,
     ) -> Self {
+        let rate_hz = rate.applied_hz();
         counters.unwind_data_bytes.store(
             modules.iter().map(|m| m.unwind_bytes as u64).sum(),
             Relaxed,
@@ -239,7 +368,10 @@ impl Collector {
             shared,
             store,
             counters,
+            rate,
             engine,
+            rate_hz,
+            rate_epoch: 0,
             modules,
             load_generation: modules::load_generation(),
             known: Vec::new(),
@@ -268,8 +400,26 @@ impl Collector {
 
     fn cycle(&mut self) {
         self.drain();
+        self.apply_rate();
         self.scan();
         self.counters.cpu_ns.store(thread_cpu_ns(), Relaxed);
+    }
+
+    /// Re-arms the timers if a capture asked for another rate (or the last
+    /// one holding it finished). Samples carry the epoch they were taken in,
+    /// so each is weighted with its own period.
+    fn apply_rate(&mut self) {
+        let desired = self.rate.desired_hz();
+        if desired == self.rate_hz {
+            return;
+        }
+        let epoch = self.rate_epoch.wrapping_add(1);
+        let period = crate::timer::period_ns(desired);
+        self.store.lock().periods[usize::from(epoch)] = period;
+        self.shared.itimer_rate_epoch.store(usize::from(epoch), Relaxed);
+        self.engine.set_rate(period, epoch);
+        (self.rate_hz, self.rate_epoch) = (desired, epoch);
+        self.rate.mark_applied(desired);
     }
 
     /// Moves every published record into the aggregates.
@@ -293,6 +443,7 @@ impl Collector {
             }
         }
         state.drained_through_ns = now;
+        state.history.roll(now);
         self.counters.table_bytes.store(state.memory_bytes() as u64, Relaxed);
         drop(state);
         self.store.drained.notify_all();
@@ -410,9 +561,12 @@ fn ingest(
     let observation = Observation {
         stack: stack_id,
         thread,
-        weight: u64::from(record.weight),
+        weight: u64::from(record.weight) * state.periods[usize::from(record.rate_epoch)],
         timestamp_ns: record.timestamp_ns,
     };
+    if !state.history.offer(&observation) {
+        counters.dropped_aggregate_full.fetch_add(1, Relaxed);
+    }
     for capture in &mut state.captures {
         if !capture.offer(&observation) {
             counters.dropped_aggregate_full.fetch_add(1, Relaxed);

@@ -5,6 +5,8 @@
 //! always wins, because it is the operator's kill switch and must work without
 //! a code change.
 
+use std::time::Duration;
+
 use crate::Error;
 
 /// How the signal handler walks the interrupted thread's stack.
@@ -67,6 +69,9 @@ pub(crate) struct Config {
     pub(crate) engine: Engine,
     pub(crate) buffer_records: usize,
     pub(crate) stack_table_capacity: usize,
+    pub(crate) history_span: Duration,
+    pub(crate) history_resolution: Duration,
+    pub(crate) history_bytes: usize,
 }
 
 /// A bounded integer setting: its environment variable, builder name and range.
@@ -106,6 +111,64 @@ const STACK_TABLE: Bounded = Bounded {
     max: 1 << 24,
     expected: "an integer from 1024 to 16777216 (interned stack nodes)",
 };
+
+const HISTORY_BYTES: Bounded = Bounded {
+    var: "SMOLDER_HISTORY_BYTES",
+    setting: "history_bytes",
+    min: 64 * 1024,
+    max: 1 << 30,
+    expected: "an integer from 65536 to 1073741824 (bytes of history kept)",
+};
+
+/// A duration setting: its variable, builder name and range.
+struct BoundedDuration {
+    var: &'static str,
+    setting: &'static str,
+    min: Duration,
+    max: Duration,
+    expected: &'static str,
+}
+
+const HISTORY_SPAN: BoundedDuration = BoundedDuration {
+    var: "SMOLDER_HISTORY",
+    setting: "history",
+    min: Duration::from_secs(10),
+    max: Duration::from_secs(48 * 3600),
+    expected: "a duration from 10s to 48h, such as 15m or 2h",
+};
+
+const HISTORY_RESOLUTION: BoundedDuration = BoundedDuration {
+    var: "SMOLDER_HISTORY_RESOLUTION",
+    setting: "history_resolution",
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(600),
+    expected: "a duration from 1s to 10m, such as 10s",
+};
+
+impl BoundedDuration {
+    fn resolve(&self, explicit: Option<Duration>, env: &impl Env, default: Duration) -> Result<Duration, Error> {
+        let in_range = |d: &Duration| (self.min..=self.max).contains(d);
+        match explicit {
+            Some(value) if in_range(&value) => Ok(value),
+            Some(value) => Err(Error::InvalidSetting {
+                setting: self.setting,
+                value: format!("{value:?}"),
+                expected: self.expected,
+            }),
+            None => match env.var(self.var) {
+                None => Ok(default),
+                Some(raw) => crate::duration::parse(&raw)
+                    .ok()
+                    .filter(in_range)
+                    .ok_or(Error::InvalidEnvironment {
+                        var: self.var,
+                        value: raw,
+                        expected: self.expected,
+                    }),
+            },
+        }
+    }
+}
 
 impl Bounded {
     fn check(&self, value: u64) -> Result<u64, Error> {
@@ -221,6 +284,9 @@ pub struct AgentBuilder {
     pub(crate) engine: Option<Engine>,
     pub(crate) buffer_records: Option<u64>,
     pub(crate) stack_table_capacity: Option<u64>,
+    pub(crate) history_span: Option<Duration>,
+    pub(crate) history_resolution: Option<Duration>,
+    pub(crate) history_bytes: Option<u64>,
 }
 
 impl AgentBuilder {
@@ -276,6 +342,30 @@ impl AgentBuilder {
         self
     }
 
+    /// How far back the always-on history reaches (`SMOLDER_HISTORY`,
+    /// default `15m`, 10 s to 48 h). Queries with `window=` are answered from
+    /// it without recording.
+    pub fn history(mut self, span: Duration) -> Self {
+        self.history_span = Some(span);
+        self
+    }
+
+    /// The history's time resolution (`SMOLDER_HISTORY_RESOLUTION`, default
+    /// `10s`, 1 s to 10 min): windows are answered in whole buckets of this
+    /// length.
+    pub fn history_resolution(mut self, bucket: Duration) -> Self {
+        self.history_resolution = Some(bucket);
+        self
+    }
+
+    /// Memory the history may use (`SMOLDER_HISTORY_BYTES`, default 4 MiB).
+    /// When full, the oldest buckets are dropped first, so the history
+    /// reaches less far back rather than growing.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = Some(bytes as u64);
+        self
+    }
+
     /// Starts the agent with these settings. See [`crate::start`].
     pub fn start(self) -> Result<crate::Agent, Error> {
         let config = self.resolve(&ProcessEnv)?;
@@ -325,6 +415,9 @@ impl AgentBuilder {
                 .next_power_of_two(),
             stack_table_capacity: STACK_TABLE.resolve(self.stack_table_capacity, env, 1 << 16)?
                 as usize,
+            history_span: HISTORY_SPAN.resolve(self.history_span, env, Duration::from_secs(15 * 60))?,
+            history_resolution: HISTORY_RESOLUTION.resolve(self.history_resolution, env, Duration::from_secs(10))?,
+            history_bytes: HISTORY_BYTES.resolve(self.history_bytes, env, 4 << 20)? as usize,
         })
     }
 }
@@ -409,6 +502,17 @@ mod tests {
             .resolve(&env(&[]))
             .unwrap_err();
         assert!(err.to_string().contains("frequency_hz"), "{err}");
+    }
+
+    #[test]
+    fn history_settings_parse_durations() {
+        let e = env(&[("SMOLDER_HISTORY", "1h"), ("SMOLDER_HISTORY_RESOLUTION", "30s")]);
+        let config = AgentBuilder::default().resolve(&e).unwrap();
+        assert_eq!(config.history_span, Duration::from_secs(3600));
+        assert_eq!(config.history_resolution, Duration::from_secs(30));
+        let e = env(&[("SMOLDER_HISTORY", "15")]);
+        let message = AgentBuilder::default().resolve(&e).unwrap_err().to_string();
+        assert!(message.contains("SMOLDER_HISTORY") && message.contains("15m"), "{message}");
     }
 
     #[test]

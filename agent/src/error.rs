@@ -85,6 +85,14 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A capture asked for a sampling rate while another capture holds a
+    /// different one (the rate is process-wide).
+    #[error("a capture at {held_hz} Hz is running; wait for it to finish, or ask for {held_hz} Hz or no rate")]
+    RateConflict {
+        /// The rate in force.
+        held_hz: u32,
+    },
+
     /// Rendering a flame graph failed.
     #[error("rendering the flame graph failed: {0}")]
     Flamegraph(String),

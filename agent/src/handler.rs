@@ -55,19 +55,16 @@ use crate::threads::ThreadRegistry;
 use crate::unwind::published::Published;
 use crate::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
 
-/// The upper 32 bits of every `sigev_value` our timers carry: a fixed tag
-/// in the high half and the agent's generation in the low half, so signals
-/// from another agent instance (or anything else) are told apart. The lower
-/// 32 bits carry the target thread id.
-pub(crate) const COOKIE_TAG_HIGH: u64 = 0x5301_0000;
-
 /// Everything the handler reads or writes. Built before the first timer is
 /// armed, freed after [`deactivate`] has seen the last handler leave.
 pub(crate) struct SamplerShared {
-    /// Expected `sival_ptr >> 32` of our timers' signals.
-    pub(crate) cookie_tag: u64,
+    /// This agent's generation, as our timers' cookies carry it
+    /// (`timer::cookie`).
+    pub(crate) agent: u8,
     /// Whether kernel-sent `SIGPROF` (`setitimer`) counts as ours.
     pub(crate) accept_itimer_signals: bool,
+    /// The rate epoch of kernel-sent signals, which carry no cookie.
+    pub(crate) itimer_rate_epoch: AtomicUsize,
     pub(crate) method: Unwinder,
     pub(crate) buffer: SampleBuffer,
     pub(crate) tables: Published<UnwindTables>,
@@ -135,7 +132,7 @@ pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut libc::siginfo_t, 
 unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext: *const c_void) {
     let started_ns = monotonic_now_ns();
     // SAFETY: forwarded contract.
-    let Some((tid, weight)) = (unsafe { classify(shared, &*info) }) else {
+    let Some((tid, weight, rate_epoch)) = (unsafe { classify(shared, &*info) }) else {
         return;
     };
     let counters = &shared.counters;
@@ -165,6 +162,7 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
         record.timestamp_ns = started_ns;
         record.tid = tid;
         record.weight = weight;
+        record.rate_epoch = rate_epoch;
         let result = scratch.with_caches(|caches| {
             let mut job = WalkJob {
                 method: shared.method,
@@ -195,33 +193,34 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
     if result.flags & FLAG_INCOMPLETE != 0 {
         owned.incomplete.add_owned(1);
     }
-    owned
-        .cost_ns
-        .record_owned(monotonic_now_ns().saturating_sub(started_ns));
+    let cost_ns = monotonic_now_ns().saturating_sub(started_ns);
+    owned.handler_ns.add_owned(cost_ns);
+    owned.cost_ns.record_owned(cost_ns);
     drop(scratch);
 }
 
-/// Returns the sampled thread and the sample's weight if the signal came
-/// from our timers, `None` (counted) otherwise.
+/// Returns the sampled thread, the sample's weight and its rate epoch if the
+/// signal came from our timers, `None` (counted) otherwise.
 ///
 /// # Signal safety
 /// Reads of the kernel-written `siginfo`; `gettid` for `setitimer` signals.
 #[inline(always)]
-fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32)> {
+fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32, u8)> {
     /// Caps absurd overrun counts so a weight always fits comfortably.
     const MAX_OVERRUN: i32 = 1 << 20;
     if info.si_code == libc::SI_TIMER {
         // SAFETY: `si_code == SI_TIMER` means the kernel filled the timer
         // fields of the union.
         let (value, overrun) = unsafe { (info.si_value().sival_ptr as u64, info.si_overrun()) };
-        if value >> 32 == shared.cookie_tag {
+        if let Some((rate_epoch, tid)) = crate::timer::cookie::decode(value, shared.agent) {
             let weight = 1 + overrun.clamp(0, MAX_OVERRUN) as u32;
-            return Some((value as u32 as i32, weight));
+            return Some((tid, weight, rate_epoch));
         }
     } else if info.si_code == libc::SI_KERNEL && shared.accept_itimer_signals {
         let tid = crate::threads::current_tid();
         if shared.registry.contains(tid) {
-            return Some((tid, 1));
+            let rate_epoch = shared.itimer_rate_epoch.load(Ordering::Relaxed) as u8;
+            return Some((tid, 1, rate_epoch));
         }
         shared.counters.dropped_thread_unregistered.inc();
         shared.counters.dropped_weight.inc();

@@ -60,6 +60,7 @@ macro_rules! sampling_platform {
 
 mod agent;
 mod config;
+mod duration;
 mod error;
 mod profile;
 mod render;
@@ -72,6 +73,7 @@ sampling_platform! {
     mod buffer;
     mod collector;
     mod handler;
+    mod profiler;
     mod symbolize;
     mod threads;
     mod timer;

@@ -77,7 +77,10 @@ pub(crate) struct Sample {
     /// Leaf first.
     pub(crate) locations: Vec<u32>,
     pub(crate) thread: u32,
-    pub(crate) weight: u64,
+    /// CPU time the samples with this stack on this thread stand for. CPU
+    /// time rather than a count, so that windows spanning a change of
+    /// sampling rate add up.
+    pub(crate) cpu_ns: u64,
 }
 
 impl Profile {
@@ -96,15 +99,27 @@ impl Profile {
         self.frequency_hz
     }
 
-    /// Timer expirations recorded: each stands for `1 / frequency_hz`
-    /// seconds of CPU.
+    /// Samples recorded, counted at [`frequency_hz`](Self::frequency_hz):
+    /// each stands for `1 / frequency_hz` seconds of CPU. Timer expirations
+    /// the kernel coalesced are counted, so this tracks CPU time even above
+    /// the kernel's tick rate.
     pub fn sample_count(&self) -> u64 {
-        self.samples.iter().map(|s| s.weight).sum()
+        self.samples_in(self.cpu_ns())
     }
 
     /// CPU time the samples stand for.
     pub fn cpu_time(&self) -> Duration {
-        Duration::from_secs_f64(self.sample_count() as f64 / f64::from(self.frequency_hz))
+        Duration::from_nanos(self.cpu_ns())
+    }
+
+    fn cpu_ns(&self) -> u64 {
+        self.samples.iter().map(|s| s.cpu_ns).sum()
+    }
+
+    /// The number of samples `cpu_ns` of CPU time is, at this profile's rate.
+    pub(crate) fn samples_in(&self, cpu_ns: u64) -> u64 {
+        let period_ns = 1_000_000_000 / u64::from(self.frequency_hz.max(1));
+        (cpu_ns + period_ns / 2) / period_ns
     }
 
     /// The distinct (stack, thread) samples.
@@ -155,9 +170,15 @@ pub struct SampleView<'a> {
 }
 
 impl<'a> SampleView<'a> {
-    /// Timer expirations recorded with this stack on this thread.
+    /// Samples recorded with this stack on this thread (see
+    /// [`Profile::sample_count`]).
     pub fn weight(&self) -> u64 {
-        self.sample.weight
+        self.profile.samples_in(self.sample.cpu_ns)
+    }
+
+    /// CPU time recorded with this stack on this thread.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.sample.cpu_ns)
     }
 
     /// The thread's name.
@@ -301,7 +322,7 @@ impl ProfileBuilder {
         id
     }
 
-    pub(crate) fn sample(&mut self, locations: Vec<u32>, tid: i32, thread_name: &str, weight: u64) {
+    pub(crate) fn sample(&mut self, locations: Vec<u32>, tid: i32, thread_name: &str, cpu_ns: u64) {
         let next = self.threads.len() as u32;
         let thread = *self
             .threads
@@ -316,7 +337,7 @@ impl ProfileBuilder {
         self.profile.samples.push(Sample {
             locations,
             thread,
-            weight,
+            cpu_ns,
         });
     }
 

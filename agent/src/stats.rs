@@ -128,6 +128,8 @@ pub(crate) struct SampleCounters {
     pub(crate) weight: Counter,
     pub(crate) truncated: Counter,
     pub(crate) incomplete: Counter,
+    /// Total time spent in the handler, nanoseconds.
+    pub(crate) handler_ns: Counter,
     pub(crate) cost_ns: CostHistogram,
 }
 
@@ -183,10 +185,21 @@ pub struct Stats {
     pub handler_cost_p50_ns: Option<u64>,
     /// 99th-percentile handler cost, nanoseconds.
     pub handler_cost_p99_ns: Option<u64>,
+    /// Time spent in the signal handler, summed over all samples.
+    pub handler_cpu: Duration,
     /// CPU time used by the collector thread.
     pub collector_cpu: Duration,
+    /// CPU time used by all the agent's threads (collector, symbols, HTTP).
+    pub agent_threads_cpu: Duration,
+    /// CPU time used by the whole process, agent included.
+    pub process_cpu: Duration,
+    /// The agent's share of the process's CPU, in percent: handler time plus
+    /// the agent's threads over the process total.
+    pub overhead_percent: f64,
     /// Bytes held by the agent's tables, buffers and caches.
     pub memory_bytes: u64,
+    /// How far back the always-on history reaches.
+    pub history_span: Duration,
     /// Time since the agent started.
     pub uptime: Duration,
 }

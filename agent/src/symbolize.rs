@@ -13,11 +13,11 @@
 //!
 //! [blazesym]: https://docs.rs/blazesym
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blazesym::symbolize::source::{Elf, Source};
@@ -137,12 +137,21 @@ pub(crate) struct SymbolService {
 const MAX_CACHED_ADDRESSES: usize = 200_000;
 
 impl SymbolService {
-    pub(crate) fn spawn() -> std::io::Result<Self> {
+    /// Starts the thread; it adds its kernel id to `own_threads` so that it
+    /// is never sampled.
+    pub(crate) fn spawn(own_threads: Arc<Mutex<HashSet<i32>>>) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new()
             .name("smolder-symbols".into())
             .stack_size(1 << 20)
-            .spawn(move || serve(inbox))?;
+            .spawn(move || {
+                own_threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(crate::threads::current_tid());
+                drop(own_threads);
+                serve(inbox)
+            })?;
         Ok(SymbolService {
             requests: Some(requests),
             thread: Some(thread),
@@ -315,7 +324,7 @@ mod tests {
 
     #[test]
     fn resolves_a_rust_function_without_hash_suffix() {
-        let service = SymbolService::spawn().unwrap();
+        let service = SymbolService::spawn(Default::default()).unwrap();
         let address = a_function_with_a_distinctive_name as *const () as u64 + 1;
         let resolved = service.resolve(&map(), vec![address], Duration::from_secs(60));
         let names: Vec<&str> = resolved[0].frames.iter().map(|f| &*f.function).collect();

@@ -9,9 +9,9 @@
 //! entries; an observation that would need a new entry in a full aggregate
 //! is dropped and counted.
 
+pub(crate) mod filter;
+pub(crate) mod history;
 pub(crate) mod stacks;
-
-use std::collections::HashMap;
 
 use stacks::{FastMap, StackId, ThreadKey};
 
@@ -20,7 +20,8 @@ use stacks::{FastMap, StackId, ThreadKey};
 pub(crate) struct Observation {
     pub(crate) stack: StackId,
     pub(crate) thread: ThreadKey,
-    /// Timer expirations the sample stands for.
+    /// CPU time the sample stands for, in nanoseconds: the timer expirations
+    /// it carries × the timer period it was taken at.
     pub(crate) weight: u64,
     /// `CLOCK_MONOTONIC` nanoseconds.
     pub(crate) timestamp_ns: u64,
@@ -60,6 +61,14 @@ impl Aggregate {
         true
     }
 
+    pub(crate) fn from_counts(counts: FastMap<(StackId, ThreadKey), u64>) -> Self {
+        Aggregate {
+            capacity: counts.len(),
+            counts,
+            dropped: 0,
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (StackId, ThreadKey, u64)> + '_ {
         self.counts.iter().map(|(&(s, t), &w)| (s, t, w))
     }
@@ -75,7 +84,7 @@ impl Aggregate {
 
     /// Rewrites keys after the stack and thread tables were compacted;
     /// entries whose stack or thread did not survive are dropped.
-    pub(crate) fn remap(&mut self, stacks: &HashMap<StackId, StackId>, threads: &HashMap<ThreadKey, ThreadKey>) {
+    pub(crate) fn remap(&mut self, stacks: &FastMap<StackId, StackId>, threads: &FastMap<ThreadKey, ThreadKey>) {
         self.counts = std::mem::take(&mut self.counts)
             .into_iter()
             .filter_map(|((s, t), w)| Some(((*stacks.get(&s)?, *threads.get(&t)?), w)))

@@ -133,10 +133,10 @@ impl StackTable {
 
     /// Rebuilds the table with only the `live` stacks (and their prefixes),
     /// returning where each live stack moved.
-    pub(crate) fn compact(&mut self, live: impl IntoIterator<Item = StackId>) -> HashMap<StackId, StackId> {
+    pub(crate) fn compact(&mut self, live: impl IntoIterator<Item = StackId>) -> FastMap<StackId, StackId> {
         let old = std::mem::replace(self, StackTable::with_capacity(self.capacity));
         let mut frames = Vec::new();
-        let mut moved = HashMap::new();
+        let mut moved = FastMap::default();
         for stack in live {
             if moved.contains_key(&stack) {
                 continue;
@@ -206,9 +206,9 @@ impl ThreadTable {
     }
 
     /// Keeps only `live` threads, returning where each moved.
-    pub(crate) fn compact(&mut self, live: impl IntoIterator<Item = ThreadKey>) -> HashMap<ThreadKey, ThreadKey> {
+    pub(crate) fn compact(&mut self, live: impl IntoIterator<Item = ThreadKey>) -> FastMap<ThreadKey, ThreadKey> {
         let old = std::mem::replace(self, ThreadTable::with_capacity(self.capacity));
-        let mut moved = HashMap::new();
+        let mut moved = FastMap::default();
         for key in live {
             if let (Some(info), false) = (old.get(key), moved.contains_key(&key)) {
                 if let Some(new_key) = self.intern(info.tid, &info.name) {

@@ -14,7 +14,8 @@ pub(crate) fn render(profile: &Profile) -> String {
     out
 }
 
-/// Distinct folded stacks and their total weights.
+/// Distinct folded stacks and their sample counts. CPU time is summed per
+/// stack first and converted to a count once, so rounding never adds up.
 pub(crate) fn fold(profile: &Profile) -> BTreeMap<String, u64> {
     let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
     let mut names: Vec<&str> = Vec::new();
@@ -28,9 +29,13 @@ pub(crate) fn fold(profile: &Profile) -> BTreeMap<String, u64> {
             }
             push_sanitized(&mut line, name);
         }
-        *stacks.entry(line).or_default() += sample.weight();
+        *stacks.entry(line).or_default() += sample.cpu_time().as_nanos() as u64;
     }
     stacks
+        .into_iter()
+        .map(|(stack, cpu_ns)| (stack, profile.samples_in(cpu_ns)))
+        .filter(|&(_, count)| count > 0)
+        .collect()
 }
 
 /// Function names may not contain the format's separators: `;` splits

@@ -249,7 +249,7 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
             let thread = &profile.threads[s.thread as usize];
             proto::Sample {
                 location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
-                value: vec![s.weight as i64, s.weight as i64 * period_ns],
+                value: vec![profile.samples_in(s.cpu_ns) as i64, s.cpu_ns as i64],
                 label: vec![
                     proto::Label {
                         key: thread_key,

@@ -25,6 +25,33 @@ pub(crate) use setitimer::Setitimer;
 use crate::config::Engine;
 use crate::Error;
 
+/// What our timers' signals carry in `sigev_value`, so the handler can tell
+/// them from anyone else's and knows which thread and which sampling period
+/// each was for:
+///
+/// | bits  | 63..48 | 47..40           | 39..32     | 31..0     |
+/// |-------|--------|------------------|------------|-----------|
+/// | field | tag    | agent generation | rate epoch | thread id |
+///
+/// The rate epoch changes whenever the sampling rate does (timers are then
+/// re-created), so every sample is weighted with the period it was taken at.
+pub(crate) mod cookie {
+    const TAG: u64 = 0x5301;
+
+    pub(crate) fn encode(agent: u8, rate_epoch: u8, tid: i32) -> u64 {
+        TAG << 48 | u64::from(agent) << 40 | u64::from(rate_epoch) << 32 | u64::from(tid as u32)
+    }
+
+    /// The (rate epoch, thread id) of a value from our agent `agent`.
+    ///
+    /// # Signal safety
+    /// Arithmetic only.
+    #[inline(always)]
+    pub(crate) fn decode(value: u64, agent: u8) -> Option<(u8, i32)> {
+        (value >> 40 == TAG << 8 | u64::from(agent)).then_some(((value >> 32) as u8, value as u32 as i32))
+    }
+}
+
 /// A source of `SIGPROF` signals.
 pub(crate) trait TimerEngine: Send {
     /// Which engine this is.
@@ -37,6 +64,9 @@ pub(crate) trait TimerEngine: Send {
 
     /// Timers currently armed.
     fn armed(&self) -> usize;
+
+    /// Changes the sampling period; signals from now on carry `rate_epoch`.
+    fn set_rate(&mut self, period_ns: u64, rate_epoch: u8);
 
     /// Disarms and deletes every timer. Signals already pending may still be
     /// delivered after this returns.
@@ -58,12 +88,16 @@ pub(crate) fn resolve(requested: Engine) -> Result<Engine, Error> {
 
 /// Starts the engine chosen by [`resolve`]. The handler must be installed
 /// first: `setitimer` starts signalling at once.
-pub(crate) fn start(kind: Engine, frequency_hz: u32, cookie_tag: u64) -> Result<Box<dyn TimerEngine>, Error> {
-    let period_ns = 1_000_000_000 / u64::from(frequency_hz);
+pub(crate) fn start(kind: Engine, period_ns: u64, agent: u8) -> Result<Box<dyn TimerEngine>, Error> {
     match kind {
         Engine::Setitimer => Ok(Box::new(Setitimer::start(period_ns)?)),
-        Engine::PerThreadTimers | Engine::Auto => Ok(Box::new(PerThreadTimers::new(period_ns, cookie_tag))),
+        Engine::PerThreadTimers | Engine::Auto => Ok(Box::new(PerThreadTimers::new(period_ns, agent))),
     }
+}
+
+/// The timer period for a rate.
+pub(crate) fn period_ns(frequency_hz: u32) -> u64 {
+    1_000_000_000 / u64::from(frequency_hz.max(1))
 }
 
 /// Converts nanoseconds to a `timespec`.

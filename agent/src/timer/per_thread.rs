@@ -6,22 +6,13 @@ use std::io;
 use super::{TimerEngine, timespec};
 use crate::Error;
 use crate::config::Engine;
-
-/// `CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK` from the kernel's
-/// `posix-timers.h`: a thread's CPU clock counting all its run time.
-const THREAD_CPU_CLOCK_BITS: u32 = 2 | 4;
-
-/// The clock id of thread `tid`'s CPU-time clock, as the kernel's
-/// `MAKE_THREAD_CPUCLOCK` builds it. Unlike `pthread_getcpuclockid`, this
-/// works for any thread of the process knowing only its kernel id.
-fn thread_cpu_clock(tid: i32) -> libc::clockid_t {
-    ((!(tid as u32)) << 3 | THREAD_CPU_CLOCK_BITS) as libc::clockid_t
-}
+use crate::threads::thread_cpu_clock;
 
 /// The per-thread timer engine.
 pub(crate) struct PerThreadTimers {
     period_ns: u64,
-    cookie_tag: u64,
+    agent: u8,
+    rate_epoch: u8,
     timers: HashMap<i32, libc::timer_t>,
     rng: u64,
 }
@@ -31,10 +22,11 @@ pub(crate) struct PerThreadTimers {
 unsafe impl Send for PerThreadTimers {}
 
 impl PerThreadTimers {
-    pub(crate) fn new(period_ns: u64, cookie_tag: u64) -> Self {
+    pub(crate) fn new(period_ns: u64, agent: u8) -> Self {
         PerThreadTimers {
             period_ns,
-            cookie_tag,
+            agent,
+            rate_epoch: 0,
             timers: HashMap::new(),
             rng: crate::handler::monotonic_now_ns() | 1,
         }
@@ -65,7 +57,7 @@ impl PerThreadTimers {
     }
 
     fn arm(&mut self, tid: i32) -> io::Result<libc::timer_t> {
-        let timer = create(tid, self.cookie_tag << 32 | u64::from(tid as u32))?;
+        let timer = create(tid, super::cookie::encode(self.agent, self.rate_epoch, tid))?;
         let spec = libc::itimerspec {
             it_interval: timespec(self.period_ns),
             it_value: timespec(self.random_first_expiry_ns()),
@@ -129,6 +121,15 @@ impl TimerEngine for PerThreadTimers {
 
     fn armed(&self) -> usize {
         self.timers.len()
+    }
+
+    fn set_rate(&mut self, period_ns: u64, rate_epoch: u8) {
+        // A timer's cookie is fixed at creation, so each is re-created.
+        self.period_ns = period_ns;
+        self.rate_epoch = rate_epoch;
+        let threads: Vec<i32> = self.timers.keys().copied().collect();
+        self.track(&[], &threads);
+        self.track(&threads, &[]);
     }
 
     fn stop(&mut self) {

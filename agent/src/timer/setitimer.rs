@@ -50,6 +50,14 @@ impl TimerEngine for Setitimer {
         usize::from(self.running)
     }
 
+    fn set_rate(&mut self, period_ns: u64, _rate_epoch: u8) {
+        // The handler reads the epoch for kernel-sent signals from the shared
+        // state, which the collector updates alongside this call.
+        if self.running {
+            let _ = set(period_ns.max(1000));
+        }
+    }
+
     fn stop(&mut self) {
         if std::mem::take(&mut self.running) {
             // Disarming cannot fail with a valid, zeroed value.

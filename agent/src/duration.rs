@@ -1,0 +1,85 @@
+//! Human durations as operators type them: `30s`, `5m`, `1h30m`, `250ms`.
+//!
+//! Used by the `SMOLDER_HISTORY*` variables and the HTTP `window=` and
+//! `base=` parameters. A bare number is refused (seconds or minutes?), as is
+//! anything negative, empty, or with an unknown unit.
+
+use std::time::Duration;
+
+/// Why a duration did not parse; `Display` says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadDuration;
+
+impl std::fmt::Display for BadDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration such as 30s, 5m, 1h or 1h30m (units: ms, s, m, h)")
+    }
+}
+
+/// Parses `text` as a sum of `<number><unit>` terms.
+pub(crate) fn parse(text: &str) -> Result<Duration, BadDuration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(BadDuration);
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(BadDuration)?;
+        if digits == 0 || digits > 12 {
+            return Err(BadDuration);
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| BadDuration)?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let term = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.checked_mul(60).ok_or(BadDuration)?),
+            "h" => Duration::from_secs(value.checked_mul(3600).ok_or(BadDuration)?),
+            _ => return Err(BadDuration),
+        };
+        total = total.checked_add(term).ok_or(BadDuration)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse`] reads it, in its largest exact unit.
+pub(crate) fn format(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_sums() {
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse(" 2m10s "), Ok(Duration::from_secs(130)));
+    }
+
+    #[test]
+    fn refuses_what_is_ambiguous_or_malformed() {
+        for bad in ["", "30", "-5s", "5 m", "5x", "m", "1.5h", "s5", "99999999999999s", "5m-"] {
+            assert_eq!(parse(bad), Err(BadDuration), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for text in ["0s", "250ms", "30s", "5m", "1h", "90m"] {
+            assert_eq!(format(parse(text).unwrap()), text.replace("90m", "90m"));
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The running agent's query side: captures, history windows, stats.
+//!
+//! [`Profiler`] is shared (behind an `Arc`) by the [`Agent`](crate::Agent)
+//! handle and the HTTP endpoint. It never touches the signal path; it reads
+//! the collector's [`Store`] and turns what it finds into [`Profile`]s,
+//! symbolised on the symbols thread.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aggregate::filter::Filter;
+use crate::collector::{CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, Store};
+use crate::config::Config;
+use crate::handler::{SamplerShared, monotonic_now_ns};
+use crate::profile::ProfileBuilder;
+use crate::stats::{CostHistogram, DroppedSamples};
+use crate::symbolize::SymbolService;
+use crate::{Error, Profile, Stats, threads};
+
+/// How long a capture waits for the collector beyond its window.
+const COLLECTOR_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a profile waits for symbols before falling back to
+/// `module+offset` names.
+const SYMBOL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Everything needed to answer questions about the samples.
+pub(crate) struct Profiler {
+    pub(crate) config: Config,
+    pub(crate) engine: &'static str,
+    pub(crate) shared: Arc<SamplerShared>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) counters: Arc<CollectorCounters>,
+    pub(crate) rate: Arc<RateControl>,
+    pub(crate) symbols: SymbolService,
+    /// Kernel thread ids of the agent's own threads (never sampled).
+    pub(crate) own_threads: Arc<Mutex<HashSet<i32>>>,
+    pub(crate) started: Instant,
+}
+
+/// A capture in progress. Dropping it without [`Capture::finish`] cancels it
+/// (an HTTP client that went away, say).
+pub(crate) struct Capture {
+    profiler: Arc<Profiler>,
+    id: u64,
+    start: SystemTime,
+    end_ns: u64,
+    duration: Duration,
+    frequency_hz: u32,
+    filter: Filter,
+    _rate: Option<RateHold>,
+    finished: bool,
+}
+
+/// Why a capture could not start.
+#[derive(Debug)]
+pub(crate) enum CaptureError {
+    /// Another capture holds a different sampling rate.
+    RateConflict { held_hz: u32 },
+    /// The collector did not apply the requested rate in time.
+    RateNotApplied,
+    /// Too many captures are running.
+    TooMany,
+}
+
+impl Profiler {
+    /// Starts counting the samples of the next `duration`, at `hz` if given
+    /// (held for the capture's lifetime), keeping what `filter` admits.
+    pub(crate) fn begin_capture(
+        self: &Arc<Self>,
+        duration: Duration,
+        hz: Option<u32>,
+        filter: Filter,
+    ) -> Result<Capture, CaptureError> {
+        let rate = match hz {
+            Some(hz) => {
+                let hold = RateControl::hold(&self.rate, hz).map_err(|c| CaptureError::RateConflict { held_hz: c.held_hz })?;
+                if !self.rate.wait_applied(hz, CYCLE * 8 + COLLECTOR_PATIENCE) {
+                    return Err(CaptureError::RateNotApplied);
+                }
+                Some(hold)
+            }
+            None => None,
+        };
+        let start_ns = monotonic_now_ns();
+        let end_ns = start_ns + duration.as_nanos() as u64;
+        let id = self.store.begin_capture(start_ns, end_ns).map_err(|_| CaptureError::TooMany)?;
+        Ok(Capture {
+            profiler: Arc::clone(self),
+            id,
+            start: SystemTime::now(),
+            end_ns,
+            duration,
+            frequency_hz: hz.unwrap_or(self.config.frequency_hz),
+            filter,
+            _rate: rate,
+            finished: false,
+        })
+    }
+
+    /// The profile of the last `length` (ending `ago` before now) from the
+    /// history, answered at once. Fails if the history does not reach back
+    /// that far.
+    pub(crate) fn window(&self, length: Duration, ago: Duration, filter: &Filter) -> Result<Profile, WindowError> {
+        let now = monotonic_now_ns();
+        let to_ns = now.saturating_sub(ago.as_nanos() as u64);
+        let from_ns = to_ns.saturating_sub(length.as_nanos() as u64);
+        let reach = self.history_reach();
+        if ago + length > reach + self.config.history_resolution {
+            return Err(WindowError::BeyondHistory { reach });
+        }
+        let (result, start_ns, end_ns) = self.store.window(from_ns, to_ns, filter);
+        let start = SystemTime::now() - Duration::from_nanos(now.saturating_sub(start_ns));
+        let covered = Duration::from_nanos(end_ns.saturating_sub(start_ns));
+        Ok(self.build(result, start, covered, self.config.frequency_hz))
+    }
+
+    /// How far back the history reaches now.
+    pub(crate) fn history_reach(&self) -> Duration {
+        let oldest = self.store.lock().history.oldest_ns();
+        Duration::from_nanos(monotonic_now_ns().saturating_sub(oldest))
+    }
+
+    /// Symbolises a capture's or window's stacks into a profile.
+    fn build(&self, result: CaptureResult, start: SystemTime, duration: Duration, frequency_hz: u32) -> Profile {
+        let mut addresses: Vec<u64> = result.stacks.iter().flat_map(|(f, _, _)| f.iter().copied()).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let resolved = self.symbols.resolve(&result.modules, addresses.clone(), SYMBOL_PATIENCE);
+        let mut builder = ProfileBuilder::new(start, duration, frequency_hz);
+        let mut location_of = HashMap::with_capacity(addresses.len());
+        for (address, resolved) in addresses.iter().zip(&resolved) {
+            location_of.insert(*address, builder.location(*address, resolved));
+        }
+        for (frames, thread, cpu_ns) in &result.stacks {
+            let locations = frames.iter().map(|a| location_of[a]).collect();
+            builder.sample(locations, thread.tid, &thread.name, *cpu_ns);
+        }
+        builder.finish()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let h = &self.shared.counters;
+        let c = &self.counters;
+        let (mut samples, mut weight, mut truncated, mut incomplete, mut handler_ns) = (0, 0, 0, 0, 0);
+        let mut costs = CostHistogram::empty_totals();
+        for owned in self.shared.scratch.counters() {
+            samples += owned.samples.get();
+            weight += owned.weight.get();
+            truncated += owned.truncated.get();
+            incomplete += owned.incomplete.get();
+            handler_ns += owned.handler_ns.get();
+            owned.cost_ns.add_to(&mut costs);
+        }
+        let dropped = DroppedSamples {
+            buffer_full: h.dropped_buffer_full.get(),
+            buffer_contended: h.dropped_buffer_contended.get(),
+            no_unwind_scratch: h.dropped_no_scratch.get(),
+            tables_busy: h.dropped_tables_busy.get(),
+            thread_unregistered: h.dropped_thread_unregistered.get(),
+            stack_table_full: c.dropped_stack_table_full.load(Relaxed),
+            aggregate_full: c.dropped_aggregate_full.load(Relaxed),
+        };
+        let dropped_in_handler = dropped.buffer_full
+            + dropped.buffer_contended
+            + dropped.no_unwind_scratch
+            + dropped.tables_busy
+            + dropped.thread_unregistered;
+        let agent_threads_cpu = self.agent_threads_cpu();
+        let process_cpu = process_cpu();
+        let overhead = agent_threads_cpu + Duration::from_nanos(handler_ns);
+        let memory = self.shared.buffer.memory_bytes()
+            + self.shared.scratch.memory_bytes()
+            + c.unwind_data_bytes.load(Relaxed) as usize
+            + c.table_bytes.load(Relaxed) as usize
+            + threads::MAX_THREADS * 4;
+        Stats {
+            engine: self.engine,
+            unwinder: self.config.unwinder.as_str(),
+            frequency_hz: self.rate.applied_hz(),
+            threads_sampled: c.threads_sampled.load(Relaxed),
+            timers_armed: c.timers_armed.load(Relaxed),
+            signals: samples + dropped_in_handler,
+            samples,
+            sample_weight: weight,
+            samples_collected: c.samples_collected.load(Relaxed),
+            dropped,
+            stacks_truncated: truncated,
+            stacks_incomplete: incomplete,
+            foreign_signals: h.foreign_signals.get(),
+            handler_cost_p50_ns: CostHistogram::quantile(&costs, 0.50),
+            handler_cost_p99_ns: CostHistogram::quantile(&costs, 0.99),
+            handler_cpu: Duration::from_nanos(handler_ns),
+            collector_cpu: Duration::from_nanos(c.cpu_ns.load(Relaxed)),
+            agent_threads_cpu,
+            process_cpu,
+            overhead_percent: if process_cpu.is_zero() {
+                0.0
+            } else {
+                100.0 * overhead.as_secs_f64() / process_cpu.as_secs_f64()
+            },
+            memory_bytes: memory as u64,
+            history_span: self.history_reach(),
+            uptime: self.started.elapsed(),
+        }
+    }
+
+    /// CPU used by the agent's own threads.
+    fn agent_threads_cpu(&self) -> Duration {
+        let own = self.own_threads.lock().unwrap_or_else(|p| p.into_inner());
+        own.iter().filter_map(|&tid| threads::thread_cpu(tid)).sum()
+    }
+}
+
+/// The process's total CPU time (all threads, user and system).
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; the process CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Why a history window could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowError {
+    /// The history does not reach back that far (yet, or any more).
+    BeyondHistory { reach: Duration },
+}
+
+impl Capture {
+    /// When the capture's window closes.
+    pub(crate) fn remaining(&self) -> Duration {
+        Duration::from_nanos(self.end_ns.saturating_sub(monotonic_now_ns()))
+    }
+
+    /// Waits for the window to close and the collector to drain it, then
+    /// builds the profile. Blocks for up to the window's remaining length
+    /// plus a few collector cycles.
+    pub(crate) fn finish(mut self) -> Result<Profile, Error> {
+        std::thread::sleep(self.remaining());
+        let patience = CYCLE * 4 + COLLECTOR_PATIENCE;
+        if !self.profiler.store.wait_drained(self.end_ns, patience) {
+            return Err(Error::CollectorUnresponsive {
+                waited_ms: patience.as_millis() as u64,
+            });
+        }
+        self.finished = true;
+        let result = self
+            .profiler
+            .store
+            .finish_capture(self.id, &self.filter)
+            .ok_or(Error::CollectorUnresponsive { waited_ms: 0 })?;
+        Ok(self.profiler.build(result, self.start, self.duration, self.frequency_hz))
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.profiler.store.cancel_capture(self.id);
+        }
+    }
+}
+
+impl CaptureError {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            CaptureError::TooMany => Error::TooManyCaptures { limit: MAX_CAPTURES },
+            CaptureError::RateConflict { held_hz } => Error::RateConflict { held_hz },
+            CaptureError::RateNotApplied => Error::CollectorUnresponsive {
+                waited_ms: (CYCLE * 8 + COLLECTOR_PATIENCE).as_millis() as u64,
+            },
+        }
+    }
+}
