@@ -75,6 +75,12 @@ impl Agent {
             .record(duration)
     }
 
+    /// Where the HTTP endpoint listens (the actual port when port 0 was
+    /// asked for), or `None` if it is off.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().and_then(|r| r.http_addr())
+    }
+
     /// Sends this thread one sampling signal exactly as its timer would, and
     /// returns once the handler has run. For benchmarks that measure the
     /// per-sample cost; not part of the supported API.
@@ -122,6 +128,7 @@ mod running {
     use crate::collector::{Collector, CollectorCounters, RateControl, Store};
     use crate::config::Config;
     use crate::handler::{self, SamplerShared};
+    use crate::http::HttpServer;
     use crate::profiler::Profiler;
     use crate::stats::HandlerCounters;
     use crate::symbolize::{ModuleMap, SymbolService};
@@ -137,6 +144,7 @@ mod running {
 
     pub(super) struct Running {
         profiler: Arc<Profiler>,
+        http: Option<HttpServer>,
         stop: Arc<AtomicBool>,
         collector: Option<JoinHandle<()>>,
         pid: u32,
@@ -234,7 +242,6 @@ mod running {
                         source,
                     })?
             };
-            guard.armed = false;
             let profiler = Arc::new(Profiler {
                 config,
                 engine: engine_name,
@@ -243,11 +250,27 @@ mod running {
                 counters,
                 rate,
                 symbols,
-                own_threads,
+                own_threads: Arc::clone(&own_threads),
                 started: Instant::now(),
             });
+            let http = match HttpServer::start(
+                Arc::clone(&profiler),
+                &profiler.config.http,
+                &profiler.config.service_name,
+                own_threads,
+            ) {
+                Ok(http) => http,
+                Err(error) => {
+                    stop.store(true, Relaxed);
+                    collector.thread().unpark();
+                    let _ = collector.join();
+                    return Err(error);
+                }
+            };
+            guard.armed = false;
             Ok(Running {
                 profiler,
+                http,
                 stop,
                 collector: Some(collector),
                 // SAFETY: getpid has no preconditions.
@@ -264,6 +287,10 @@ mod running {
 
         pub(super) fn stats(&self) -> Stats {
             self.profiler.stats()
+        }
+
+        pub(super) fn http_addr(&self) -> Option<std::net::SocketAddr> {
+            self.http.as_ref().map(HttpServer::local_addr)
         }
 
         pub(super) fn sample_current_thread(&self) -> bool {
@@ -305,6 +332,7 @@ mod running {
                 std::mem::forget(self);
                 return false;
             }
+            drop(self.http.take());
             self.stop.store(true, Relaxed);
             if let Some(collector) = self.collector.take() {
                 collector.thread().unpark();
@@ -352,6 +380,10 @@ mod running {
         }
 
         pub(super) fn sample_current_thread(&self) -> bool {
+            match *self {}
+        }
+
+        pub(super) fn http_addr(&self) -> Option<std::net::SocketAddr> {
             match *self {}
         }
 

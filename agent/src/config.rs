@@ -5,6 +5,7 @@
 //! always wins, because it is the operator's kill switch and must work without
 //! a code change.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::Error;
@@ -72,7 +73,29 @@ pub(crate) struct Config {
     pub(crate) history_span: Duration,
     pub(crate) history_resolution: Duration,
     pub(crate) history_bytes: usize,
+    pub(crate) service_name: String,
+    pub(crate) http: HttpSettings,
 }
+
+/// The HTTP endpoint's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSettings {
+    /// Where to listen; `None` disables the endpoint.
+    pub(crate) addr: Option<SocketAddr>,
+    /// Bearer token every request must carry, if set.
+    pub(crate) token: Option<String>,
+    /// Serve a non-loopback address without a token.
+    pub(crate) allow_unauthenticated: bool,
+    /// Fail `start` when the address cannot be bound (else warn and go on).
+    pub(crate) required: bool,
+    /// Longest `seconds=` capture.
+    pub(crate) max_seconds: u64,
+    /// Connections served at once; more get 503.
+    pub(crate) max_connections: usize,
+}
+
+/// The default endpoint address: loopback only.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6060";
 
 /// A bounded integer setting: its environment variable, builder name and range.
 struct Bounded {
@@ -110,6 +133,22 @@ const STACK_TABLE: Bounded = Bounded {
     min: 1024,
     max: 1 << 24,
     expected: "an integer from 1024 to 16777216 (interned stack nodes)",
+};
+
+const HTTP_MAX_SECONDS: Bounded = Bounded {
+    var: "SMOLDER_HTTP_MAX_SECONDS",
+    setting: "http_max_seconds",
+    min: 1,
+    max: 24 * 3600,
+    expected: "an integer from 1 to 86400 (longest seconds= capture)",
+};
+
+const HTTP_MAX_CONNECTIONS: Bounded = Bounded {
+    var: "SMOLDER_HTTP_MAX_CONNECTIONS",
+    setting: "http_max_connections",
+    min: 1,
+    max: 10_000,
+    expected: "an integer from 1 to 10000 (connections served at once)",
 };
 
 const HISTORY_BYTES: Bounded = Bounded {
@@ -209,6 +248,27 @@ impl Bounded {
     }
 }
 
+/// `SMOLDER_HTTP_ADDR`: an `ip:port`, or `off`.
+fn parse_http_addr(env: &impl Env) -> Result<Option<SocketAddr>, Error> {
+    let raw = env.var("SMOLDER_HTTP_ADDR").unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
+    if matches!(raw.trim().to_ascii_lowercase().as_str(), "off" | "false" | "0" | "none" | "disabled") {
+        return Ok(None);
+    }
+    raw.trim().parse().map(Some).map_err(|_| Error::InvalidEnvironment {
+        var: "SMOLDER_HTTP_ADDR",
+        value: raw,
+        expected: "an address such as 127.0.0.1:6060 or [::1]:6060, or off",
+    })
+}
+
+/// The executable's file name, the service name of last resort.
+fn default_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown_service".to_owned())
+}
+
 /// Where environment variables come from; a trait so tests can supply a map.
 pub(crate) trait Env {
     fn var(&self, name: &str) -> Option<String>;
@@ -287,6 +347,14 @@ pub struct AgentBuilder {
     pub(crate) history_span: Option<Duration>,
     pub(crate) history_resolution: Option<Duration>,
     pub(crate) history_bytes: Option<u64>,
+    pub(crate) service_name: Option<String>,
+    /// `Some(None)`: explicitly disabled.
+    pub(crate) http_addr: Option<Option<SocketAddr>>,
+    pub(crate) http_token: Option<String>,
+    pub(crate) http_allow_unauthenticated: bool,
+    pub(crate) http_required: Option<bool>,
+    pub(crate) http_max_seconds: Option<u64>,
+    pub(crate) http_max_connections: Option<u64>,
 }
 
 impl AgentBuilder {
@@ -366,6 +434,63 @@ impl AgentBuilder {
         self
     }
 
+    /// The service's name, shown in flame-graph titles and exported spans
+    /// (`OTEL_SERVICE_NAME`; default: the executable's file name).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Address of the HTTP endpoint (`SMOLDER_HTTP_ADDR`, default
+    /// `127.0.0.1:6060`, `off` to disable). Port 0 picks a free port; see
+    /// [`Agent::http_addr`](crate::Agent::http_addr).
+    pub fn http_addr(mut self, addr: SocketAddr) -> Self {
+        self.http_addr = Some(Some(addr));
+        self
+    }
+
+    /// Runs without the HTTP endpoint (as `SMOLDER_HTTP_ADDR=off`).
+    pub fn http_disabled(mut self) -> Self {
+        self.http_addr = Some(None);
+        self
+    }
+
+    /// Bearer token every HTTP request must carry (`SMOLDER_HTTP_TOKEN`):
+    /// `Authorization: Bearer <token>`. Required to listen on anything but
+    /// loopback, unless [`http_allow_unauthenticated`](Self::http_allow_unauthenticated).
+    pub fn http_token(mut self, token: impl Into<String>) -> Self {
+        self.http_token = Some(token.into());
+        self
+    }
+
+    /// Lets the endpoint listen on a non-loopback address without a token.
+    /// Only for networks you trust: profiles reveal code structure.
+    pub fn http_allow_unauthenticated(mut self, allow: bool) -> Self {
+        self.http_allow_unauthenticated = allow;
+        self
+    }
+
+    /// Whether failing to bind the HTTP address fails `start` (the default)
+    /// or only logs a warning and profiles without the endpoint.
+    pub fn http_required(mut self, required: bool) -> Self {
+        self.http_required = Some(required);
+        self
+    }
+
+    /// Longest `seconds=` capture the endpoint accepts
+    /// (`SMOLDER_HTTP_MAX_SECONDS`, default 300).
+    pub fn http_max_seconds(mut self, seconds: u64) -> Self {
+        self.http_max_seconds = Some(seconds);
+        self
+    }
+
+    /// Connections the endpoint serves at once (`SMOLDER_HTTP_MAX_CONNECTIONS`,
+    /// default 64); more are answered 503 and closed.
+    pub fn http_max_connections(mut self, connections: usize) -> Self {
+        self.http_max_connections = Some(connections as u64);
+        self
+    }
+
     /// Starts the agent with these settings. See [`crate::start`].
     pub fn start(self) -> Result<crate::Agent, Error> {
         let config = self.resolve(&ProcessEnv)?;
@@ -418,6 +543,26 @@ impl AgentBuilder {
             history_span: HISTORY_SPAN.resolve(self.history_span, env, Duration::from_secs(15 * 60))?,
             history_resolution: HISTORY_RESOLUTION.resolve(self.history_resolution, env, Duration::from_secs(10))?,
             history_bytes: HISTORY_BYTES.resolve(self.history_bytes, env, 4 << 20)? as usize,
+            service_name: self
+                .service_name
+                .clone()
+                .or_else(|| env.var("OTEL_SERVICE_NAME").filter(|n| !n.trim().is_empty()))
+                .unwrap_or_else(default_service_name),
+            http: HttpSettings {
+                addr: match self.http_addr {
+                    Some(addr) => addr,
+                    None => parse_http_addr(env)?,
+                },
+                token: self
+                    .http_token
+                    .clone()
+                    .or_else(|| env.var("SMOLDER_HTTP_TOKEN"))
+                    .filter(|t| !t.is_empty()),
+                allow_unauthenticated: self.http_allow_unauthenticated,
+                required: self.http_required.unwrap_or(true),
+                max_seconds: HTTP_MAX_SECONDS.resolve(self.http_max_seconds, env, 300)?,
+                max_connections: HTTP_MAX_CONNECTIONS.resolve(self.http_max_connections, env, 64)? as usize,
+            },
         })
     }
 }
@@ -513,6 +658,18 @@ mod tests {
         let e = env(&[("SMOLDER_HISTORY", "15")]);
         let message = AgentBuilder::default().resolve(&e).unwrap_err().to_string();
         assert!(message.contains("SMOLDER_HISTORY") && message.contains("15m"), "{message}");
+    }
+
+    #[test]
+    fn http_address_defaults_to_loopback_and_can_be_turned_off() {
+        let config = AgentBuilder::default().resolve(&env(&[])).unwrap();
+        assert_eq!(config.http.addr, Some("127.0.0.1:6060".parse().unwrap()));
+        let off = AgentBuilder::default().resolve(&env(&[("SMOLDER_HTTP_ADDR", "off")])).unwrap();
+        assert_eq!(off.http.addr, None);
+        let bad = AgentBuilder::default().resolve(&env(&[("SMOLDER_HTTP_ADDR", "localhost")]));
+        assert!(bad.unwrap_err().to_string().contains("SMOLDER_HTTP_ADDR"));
+        let named = AgentBuilder::default().resolve(&env(&[("OTEL_SERVICE_NAME", "checkout")])).unwrap();
+        assert_eq!(named.service_name, "checkout");
     }
 
     #[test]

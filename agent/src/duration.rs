@@ -44,16 +44,20 @@ pub(crate) fn parse(text: &str) -> Result<Duration, BadDuration> {
     Ok(total)
 }
 
-/// Formats a duration the way [`parse`] reads it, in its largest exact unit.
+/// Formats a duration the way [`parse`] reads it: `1h30m`, `45s`, `250ms`.
 pub(crate) fn format(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    match ms {
-        0 => "0s".to_owned(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
+    let mut ms = duration.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
     }
+    let mut out = String::new();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -78,8 +82,9 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for text in ["0s", "250ms", "30s", "5m", "1h", "90m"] {
-            assert_eq!(format(parse(text).unwrap()), text.replace("90m", "90m"));
+        for text in ["0s", "250ms", "30s", "5m", "1h", "1h30m", "1h10s", "2m5s250ms"] {
+            assert_eq!(format(parse(text).unwrap()), text);
         }
+        assert_eq!(format(Duration::from_secs(5400)), "1h30m");
     }
 }

@@ -93,6 +93,30 @@ pub enum Error {
         held_hz: u32,
     },
 
+    /// The HTTP endpoint could not listen on its address.
+    #[error(
+        "the smolder HTTP endpoint cannot listen on {addr}: {source} \
+         (set SMOLDER_HTTP_ADDR to another address, or `off`)"
+    )]
+    HttpBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The HTTP endpoint would listen beyond loopback without a token.
+    #[error(
+        "refusing to serve profiles on {addr} without authentication: set SMOLDER_HTTP_TOKEN \
+         (clients then send `Authorization: Bearer <token>`), bind a loopback address, or call \
+         AgentBuilder::http_allow_unauthenticated(true) if the network is trusted"
+    )]
+    HttpUnauthenticated {
+        /// The non-loopback address asked for.
+        addr: std::net::SocketAddr,
+    },
+
     /// Rendering a flame graph failed.
     #[error("rendering the flame graph failed: {0}")]
     Flamegraph(String),

@@ -73,6 +73,7 @@ sampling_platform! {
     mod buffer;
     mod collector;
     mod handler;
+    mod http;
     mod profiler;
     mod symbolize;
     mod threads;

@@ -51,3 +51,27 @@ fn push_sanitized(line: &mut String, name: &str) {
         line.push_str(name);
     }
 }
+
+/// Differential folded stacks: `stack BEFORE AFTER` per stack present in
+/// either profile, the format inferno's differential flame graphs read.
+/// `before` is scaled to `after`'s sampling rate so the counts compare.
+pub(crate) fn render_diff(before: &Profile, after: &Profile) -> String {
+    let mut out = String::new();
+    for (stack, (was, now)) in fold_diff(before, after) {
+        let _ = writeln!(out, "{stack} {was} {now}");
+    }
+    out
+}
+
+/// Both profiles folded, stack by stack: (count before, count after).
+pub(crate) fn fold_diff(before: &Profile, after: &Profile) -> BTreeMap<String, (u64, u64)> {
+    let scale = f64::from(after.frequency_hz()) / f64::from(before.frequency_hz().max(1));
+    let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (stack, count) in fold(before) {
+        merged.entry(stack).or_default().0 = (count as f64 * scale).round() as u64;
+    }
+    for (stack, count) in fold(after) {
+        merged.entry(stack).or_default().1 = count;
+    }
+    merged
+}
