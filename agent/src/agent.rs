@@ -114,7 +114,10 @@ impl Drop for Agent {
     }
 }
 
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod running {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -208,10 +211,11 @@ mod running {
             let counters = Arc::new(CollectorCounters::default());
             let rate = Arc::new(RateControl::new(config.frequency_hz));
             let own_threads = Arc::new(Mutex::new(HashSet::new()));
-            let symbols = SymbolService::spawn(Arc::clone(&own_threads)).map_err(|source| Error::Os {
-                operation: "spawning the symbolisation thread",
-                source,
-            })?;
+            let symbols =
+                SymbolService::spawn(Arc::clone(&own_threads)).map_err(|source| Error::Os {
+                    operation: "spawning the symbolisation thread",
+                    source,
+                })?;
 
             signal::install()?;
             let mut guard = StartGuard { armed: true };

@@ -185,7 +185,12 @@ const HISTORY_RESOLUTION: BoundedDuration = BoundedDuration {
 };
 
 impl BoundedDuration {
-    fn resolve(&self, explicit: Option<Duration>, env: &impl Env, default: Duration) -> Result<Duration, Error> {
+    fn resolve(
+        &self,
+        explicit: Option<Duration>,
+        env: &impl Env,
+        default: Duration,
+    ) -> Result<Duration, Error> {
         let in_range = |d: &Duration| (self.min..=self.max).contains(d);
         match explicit {
             Some(value) if in_range(&value) => Ok(value),
@@ -196,14 +201,13 @@ impl BoundedDuration {
             }),
             None => match env.var(self.var) {
                 None => Ok(default),
-                Some(raw) => crate::duration::parse(&raw)
-                    .ok()
-                    .filter(in_range)
-                    .ok_or(Error::InvalidEnvironment {
+                Some(raw) => crate::duration::parse(&raw).ok().filter(in_range).ok_or(
+                    Error::InvalidEnvironment {
                         var: self.var,
                         value: raw,
                         expected: self.expected,
-                    }),
+                    },
+                ),
             },
         }
     }
@@ -250,15 +254,23 @@ impl Bounded {
 
 /// `SMOLDER_HTTP_ADDR`: an `ip:port`, or `off`.
 fn parse_http_addr(env: &impl Env) -> Result<Option<SocketAddr>, Error> {
-    let raw = env.var("SMOLDER_HTTP_ADDR").unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
-    if matches!(raw.trim().to_ascii_lowercase().as_str(), "off" | "false" | "0" | "none" | "disabled") {
+    let raw = env
+        .var("SMOLDER_HTTP_ADDR")
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
+    if matches!(
+        raw.trim().to_ascii_lowercase().as_str(),
+        "off" | "false" | "0" | "none" | "disabled"
+    ) {
         return Ok(None);
     }
-    raw.trim().parse().map(Some).map_err(|_| Error::InvalidEnvironment {
-        var: "SMOLDER_HTTP_ADDR",
-        value: raw,
-        expected: "an address such as 127.0.0.1:6060 or [::1]:6060, or off",
-    })
+    raw.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::InvalidEnvironment {
+            var: "SMOLDER_HTTP_ADDR",
+            value: raw,
+            expected: "an address such as 127.0.0.1:6060 or [::1]:6060, or off",
+        })
 }
 
 /// The executable's file name, the service name of last resort.
@@ -540,13 +552,24 @@ impl AgentBuilder {
                 .next_power_of_two(),
             stack_table_capacity: STACK_TABLE.resolve(self.stack_table_capacity, env, 1 << 16)?
                 as usize,
-            history_span: HISTORY_SPAN.resolve(self.history_span, env, Duration::from_secs(15 * 60))?,
-            history_resolution: HISTORY_RESOLUTION.resolve(self.history_resolution, env, Duration::from_secs(10))?,
+            history_span: HISTORY_SPAN.resolve(
+                self.history_span,
+                env,
+                Duration::from_secs(15 * 60),
+            )?,
+            history_resolution: HISTORY_RESOLUTION.resolve(
+                self.history_resolution,
+                env,
+                Duration::from_secs(10),
+            )?,
             history_bytes: HISTORY_BYTES.resolve(self.history_bytes, env, 4 << 20)? as usize,
             service_name: self
                 .service_name
                 .clone()
-                .or_else(|| env.var("OTEL_SERVICE_NAME").filter(|n| !n.trim().is_empty()))
+                .or_else(|| {
+                    env.var("OTEL_SERVICE_NAME")
+                        .filter(|n| !n.trim().is_empty())
+                })
                 .unwrap_or_else(default_service_name),
             http: HttpSettings {
                 addr: match self.http_addr {
@@ -561,7 +584,8 @@ impl AgentBuilder {
                 allow_unauthenticated: self.http_allow_unauthenticated,
                 required: self.http_required.unwrap_or(true),
                 max_seconds: HTTP_MAX_SECONDS.resolve(self.http_max_seconds, env, 300)?,
-                max_connections: HTTP_MAX_CONNECTIONS.resolve(self.http_max_connections, env, 64)? as usize,
+                max_connections: HTTP_MAX_CONNECTIONS.resolve(self.http_max_connections, env, 64)?
+                    as usize,
             },
         })
     }
@@ -651,24 +675,34 @@ mod tests {
 
     #[test]
     fn history_settings_parse_durations() {
-        let e = env(&[("SMOLDER_HISTORY", "1h"), ("SMOLDER_HISTORY_RESOLUTION", "30s")]);
+        let e = env(&[
+            ("SMOLDER_HISTORY", "1h"),
+            ("SMOLDER_HISTORY_RESOLUTION", "30s"),
+        ]);
         let config = AgentBuilder::default().resolve(&e).unwrap();
         assert_eq!(config.history_span, Duration::from_secs(3600));
         assert_eq!(config.history_resolution, Duration::from_secs(30));
         let e = env(&[("SMOLDER_HISTORY", "15")]);
         let message = AgentBuilder::default().resolve(&e).unwrap_err().to_string();
-        assert!(message.contains("SMOLDER_HISTORY") && message.contains("15m"), "{message}");
+        assert!(
+            message.contains("SMOLDER_HISTORY") && message.contains("15m"),
+            "{message}"
+        );
     }
 
     #[test]
     fn http_address_defaults_to_loopback_and_can_be_turned_off() {
         let config = AgentBuilder::default().resolve(&env(&[])).unwrap();
         assert_eq!(config.http.addr, Some("127.0.0.1:6060".parse().unwrap()));
-        let off = AgentBuilder::default().resolve(&env(&[("SMOLDER_HTTP_ADDR", "off")])).unwrap();
+        let off = AgentBuilder::default()
+            .resolve(&env(&[("SMOLDER_HTTP_ADDR", "off")]))
+            .unwrap();
         assert_eq!(off.http.addr, None);
         let bad = AgentBuilder::default().resolve(&env(&[("SMOLDER_HTTP_ADDR", "localhost")]));
         assert!(bad.unwrap_err().to_string().contains("SMOLDER_HTTP_ADDR"));
-        let named = AgentBuilder::default().resolve(&env(&[("OTEL_SERVICE_NAME", "checkout")])).unwrap();
+        let named = AgentBuilder::default()
+            .resolve(&env(&[("OTEL_SERVICE_NAME", "checkout")]))
+            .unwrap();
         assert_eq!(named.service_name, "checkout");
     }
 

@@ -24,13 +24,17 @@ pub(crate) fn parse(text: &str) -> Result<Duration, BadDuration> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(BadDuration)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or(BadDuration)?;
         if digits == 0 || digits > 12 {
             return Err(BadDuration);
         }
         let value: u64 = rest[..digits].parse().map_err(|_| BadDuration)?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let term = match &rest[..unit_len] {
             "ms" => Duration::from_millis(value),
             "s" => Duration::from_secs(value),
@@ -75,14 +79,34 @@ mod tests {
 
     #[test]
     fn refuses_what_is_ambiguous_or_malformed() {
-        for bad in ["", "30", "-5s", "5 m", "5x", "m", "1.5h", "s5", "99999999999999s", "5m-"] {
+        for bad in [
+            "",
+            "30",
+            "-5s",
+            "5 m",
+            "5x",
+            "m",
+            "1.5h",
+            "s5",
+            "99999999999999s",
+            "5m-",
+        ] {
             assert_eq!(parse(bad), Err(BadDuration), "{bad:?}");
         }
     }
 
     #[test]
     fn formats_round_trip() {
-        for text in ["0s", "250ms", "30s", "5m", "1h", "1h30m", "1h10s", "2m5s250ms"] {
+        for text in [
+            "0s",
+            "250ms",
+            "30s",
+            "5m",
+            "1h",
+            "1h30m",
+            "1h10s",
+            "2m5s250ms",
+        ] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
         assert_eq!(format(Duration::from_secs(5400)), "1h30m");

@@ -87,7 +87,9 @@ pub enum Error {
 
     /// A capture asked for a sampling rate while another capture holds a
     /// different one (the rate is process-wide).
-    #[error("a capture at {held_hz} Hz is running; wait for it to finish, or ask for {held_hz} Hz or no rate")]
+    #[error(
+        "a capture at {held_hz} Hz is running; wait for it to finish, or ask for {held_hz} Hz or no rate"
+    )]
     RateConflict {
         /// The rate in force.
         held_hz: u32,

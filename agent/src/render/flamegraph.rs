@@ -42,15 +42,24 @@ pub(crate) fn write(profile: &Profile, style: &Style, out: impl Write) -> Result
 
 /// Writes a differential flame graph: frame widths from `after`, colours
 /// from the change since `before` (red grew, blue shrank).
-pub(crate) fn write_diff(before: &Profile, after: &Profile, style: &Style, out: impl Write) -> Result<(), Error> {
+pub(crate) fn write_diff(
+    before: &Profile,
+    after: &Profile,
+    style: &Style,
+    out: impl Write,
+) -> Result<(), Error> {
     let diff = crate::render::folded::render_diff(before, after);
-    let subtitle = style.subtitle.clone().unwrap_or_else(|| default_subtitle(after));
+    let subtitle = style
+        .subtitle
+        .clone()
+        .unwrap_or_else(|| default_subtitle(after));
     let mut options = options(&style.title, subtitle);
     if diff.is_empty() {
         return flamegraph::from_lines(&mut options, ["[no samples] 1 1"], out)
             .map_err(|e| Error::Flamegraph(e.to_string()));
     }
-    flamegraph::from_lines(&mut options, diff.lines(), out).map_err(|e| Error::Flamegraph(e.to_string()))
+    flamegraph::from_lines(&mut options, diff.lines(), out)
+        .map_err(|e| Error::Flamegraph(e.to_string()))
 }
 
 fn default_subtitle(profile: &Profile) -> String {

@@ -7,6 +7,7 @@
 //! workload churn     --threads-total N --out DIR                 thousands of short threads
 //! workload dlopen    --out DIR                                   a library loaded after start
 //! workload lifecycle                                             start/stop/refusal behaviour
+//! workload serve     --shift-after S                             a service for the HTTP tests
 //! ```
 //!
 //! Each scenario writes `folded.txt`, `profile.svg` and `profile.pb.gz` into
@@ -31,6 +32,7 @@ fn main() -> Result<()> {
         "churn" => churn(&options),
         "dlopen" => dlopen(&options),
         "lifecycle" => lifecycle(),
+        "serve" => serve(&options),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
 }
@@ -53,6 +55,10 @@ impl Options {
 
     fn number(&self, key: &str, default: u64) -> Result<u64> {
         self.0.get(key).map_or(Ok(default), |v| Ok(v.parse()?))
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
     }
 
     fn out(&self) -> Result<PathBuf> {
@@ -438,5 +444,66 @@ fn lifecycle() -> Result<()> {
     };
     println!("foreign_handler_error={}", smolder::start().unwrap_err());
     println!("foreign_disposition={}", sigprof_disposition());
+    Ok(())
+}
+
+// === serve: a long-running process for the HTTP endpoint tests ===
+
+// The two differ in their last step so that the compiler cannot merge them.
+#[inline(never)]
+fn growing_function(units: u64) -> u64 {
+    spin(units) ^ 0x67
+}
+
+#[inline(never)]
+fn steady_function(units: u64) -> u64 {
+    spin(units).rotate_left(3)
+}
+
+/// Starts the agent from the environment (the tests set `SMOLDER_HTTP_*`),
+/// prints the endpoint's address, and keeps one thread busy until stdin
+/// closes. After `--shift-after` seconds, `growing_function` gets three times
+/// the work it had, so a diff across the shift shows it grown.
+fn serve(options: &Options) -> Result<()> {
+    let agent = match smolder::start() {
+        Ok(agent) => agent,
+        Err(error) => {
+            println!("start_error={error}");
+            return Ok(());
+        }
+    };
+    let addr = agent.http_addr().ok_or("the HTTP endpoint is off")?;
+    println!("http_addr={addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let shift_after = Duration::from_secs(options.number("shift-after", 3600)?);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("worker".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut rounds = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let growing = if start.elapsed() < shift_after {
+                        10
+                    } else {
+                        30
+                    };
+                    std::hint::black_box(growing_function(growing) + steady_function(30));
+                    rounds += 1;
+                }
+                rounds
+            })?
+    };
+    // Runs until the test closes our stdin.
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = worker.join().map_err(|_| "worker panicked")?;
+    println!("rounds={rounds}");
+    if options.has("print-stats") {
+        print_stats(&agent);
+    }
     Ok(())
 }

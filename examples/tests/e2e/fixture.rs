@@ -62,12 +62,14 @@ pub fn run(name: &str, scenario: &str, args: &[&str], env: &[(&str, &str)]) -> R
     if scenario != "lifecycle" {
         command.arg("--out").arg(&dir);
     }
-    // The fixture must see only the settings a test gives it.
+    // The fixture must see only the settings a test gives it; the HTTP
+    // endpoint is off unless a test turns it on (on a free port).
     for (key, _) in std::env::vars() {
-        if key.starts_with("SMOLDER_") {
+        if key.starts_with("SMOLDER_") || key.starts_with("OTEL_") {
             command.env_remove(key);
         }
     }
+    command.env("SMOLDER_HTTP_ADDR", "off");
     command.envs(env.iter().copied());
     let output = command.output().expect("run the workload fixture");
     let stdout = String::from_utf8_lossy(&output.stdout);

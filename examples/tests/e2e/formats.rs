@@ -9,7 +9,7 @@ use crate::sampling::long_split;
 
 /// Runs `go tool pprof` with `args`; Debian's `golang-go` provides it (the
 /// CI script installs it).
-fn go_pprof(args: &[&str]) -> String {
+pub fn go_pprof(args: &[&str]) -> String {
     let output = Command::new("go")
         .args(["tool", "pprof"])
         .args(args)
@@ -84,10 +84,10 @@ fn pprof_total_matches_the_profile() {
     );
 }
 
-#[test]
-fn flamegraph_is_well_formed_svg_naming_the_hot_functions() {
-    let svg = std::fs::read_to_string(long_split().file("profile.svg")).unwrap();
-    let mut reader = quick_xml::Reader::from_str(&svg);
+/// Parses `svg` as XML (panicking on any error) and checks that each of
+/// `functions` appears in some frame's `<title>`.
+pub fn assert_well_formed_svg_naming(svg: &str, functions: &[&str]) {
+    let mut reader = quick_xml::Reader::from_str(svg);
     let mut titles = Vec::new();
     let mut in_title = false;
     let mut root = None;
@@ -104,16 +104,25 @@ fn flamegraph_is_well_formed_svg_naming_the_hot_functions() {
         }
     }
     assert_eq!(root.as_deref(), Some("svg"));
-    for function in [
-        "workload::hot_seventy",
-        "workload::cold_thirty",
-        "workload::chain_01",
-    ] {
+    for function in functions {
         assert!(
             titles.iter().any(|t| t.contains(function)),
             "{function} missing from the SVG"
         );
     }
+}
+
+#[test]
+fn flamegraph_is_well_formed_svg_naming_the_hot_functions() {
+    let svg = std::fs::read_to_string(long_split().file("profile.svg")).unwrap();
+    assert_well_formed_svg_naming(
+        &svg,
+        &[
+            "workload::hot_seventy",
+            "workload::cold_thirty",
+            "workload::chain_01",
+        ],
+    );
     assert!(
         svg.contains("samples at 999 Hz"),
         "subtitle states the rate"

@@ -8,5 +8,7 @@
 
 mod fixture;
 mod formats;
+mod http;
 mod robustness;
 mod sampling;
+mod service;
