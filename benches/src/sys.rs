@@ -1,0 +1,248 @@
+//! The few operating-system calls the harness makes itself: installing the
+//! empty `SIGPROF` handler (the floor), sending `SIGPROF` to the calling
+//! thread, reading a thread's CPU clock, and reading `/proc/self/status`.
+//!
+//! Every `unsafe` block in the harness lives here, so the measuring code
+//! reads as plain Rust.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Invocations of [`empty_handler`]. Only the measuring thread is signalled
+/// while the empty handler is installed, so a plain load and store (no
+/// bus-locked add) keeps an exact count at almost no cost.
+static EMPTY_HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The floor: an `SA_SIGINFO` handler that does nothing but count itself.
+///
+/// # Signal safety
+/// Two relaxed atomic accesses.
+extern "C" fn empty_handler(
+    _signal: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
+    EMPTY_HANDLER_RUNS.store(EMPTY_HANDLER_RUNS.load(Relaxed) + 1, Relaxed);
+}
+
+/// Installs [`empty_handler`] for `SIGPROF` with the flags Smolder uses
+/// (`SA_SIGINFO | SA_RESTART | SA_ONSTACK`), so the floor pays the same
+/// delivery path. Returns the action it replaced.
+pub fn install_empty_handler() -> io::Result<libc::sigaction> {
+    // SAFETY: all-zero is a valid `sigaction`; every field that matters is
+    // set below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = empty_handler as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // SAFETY: `sa_mask` is a sigset we own.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: all-zero is a valid `sigaction`, overwritten by the call.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid action whose handler has the `SA_SIGINFO` signature,
+    // and a place we own for the previous one.
+    if unsafe { libc::sigaction(libc::SIGPROF, &action, &mut previous) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(previous)
+}
+
+/// While alive, `SIGPROF` goes to [`empty_handler`]; dropping it puts the
+/// previous action (a profiler's handler) back.
+///
+/// This lets a child measure the floor in batches interleaved with the
+/// profiler's, in the same process and moments apart, so that the ratio of
+/// the two does not carry the drift of a shared machine. Signals the
+/// profiler's own timer sends meanwhile reach the empty handler instead;
+/// at the 1 Hz the cost children use, that is a sample or two at most.
+pub struct EmptyHandlerSwap {
+    previous: libc::sigaction,
+}
+
+impl EmptyHandlerSwap {
+    /// Swaps the empty handler in.
+    pub fn install() -> io::Result<EmptyHandlerSwap> {
+        Ok(EmptyHandlerSwap {
+            previous: install_empty_handler()?,
+        })
+    }
+}
+
+impl Drop for EmptyHandlerSwap {
+    fn drop(&mut self) {
+        // SAFETY: restores an action the kernel returned to us unchanged.
+        unsafe { libc::sigaction(libc::SIGPROF, &self.previous, std::ptr::null_mut()) };
+    }
+}
+
+/// How many times [`empty_handler`] has run.
+pub fn empty_handler_runs() -> u64 {
+    EMPTY_HANDLER_RUNS.load(Relaxed)
+}
+
+/// Sends `SIGPROF` to the calling thread and returns once it has been
+/// handled (a signal to oneself is delivered before the syscall returns).
+///
+/// This makes the same three syscalls as Smolder's
+/// `Agent::__sample_current_thread` (`gettid`, `getpid`,
+/// `rt_tgsigqueueinfo` with `si_code = SI_TIMER`), so that the floor, the
+/// `pprof` crate and Smolder pay an identical sending cost and differ only in
+/// their handlers. The `pprof` crate's handler ignores `siginfo`, so it
+/// samples on these signals as on its own timer's.
+pub fn send_sigprof_to_self() -> bool {
+    // SAFETY: all-zero is a valid `siginfo_t`; the fields a timer signal
+    // carries are set below.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    info.si_signo = libc::SIGPROF;
+    info.si_code = libc::SI_TIMER;
+    // SAFETY: gettid and getpid have no preconditions and cannot fail;
+    // rt_tgsigqueueinfo targets our own thread with a siginfo we own, and the
+    // kernel accepts any si_code for a signal a process sends itself.
+    let status = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            tid,
+            libc::SIGPROF,
+            &raw mut info,
+        )
+    };
+    status == 0
+}
+
+/// CPU time consumed so far by the calling thread (user + system, signal
+/// handlers included), from `CLOCK_THREAD_CPUTIME_ID`.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec we own; this clock cannot fail
+    // for the calling thread.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Returns the allocator's free memory to the kernel (glibc
+/// `malloc_trim(0)`), so that a following RSS reading counts memory still
+/// held, not memory freed but cached by `malloc`.
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only releases free pages.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Entries under `/usr/lib/debug/.build-id`: detached debug info that a
+/// symboliser following build ids or debug links may load (Debian's
+/// `*-dbg` packages install there). Zero when absent.
+pub fn detached_debug_info_entries() -> usize {
+    std::fs::read_dir("/usr/lib/debug/.build-id").map_or(0, |dir| dir.count())
+}
+
+/// Hides detached debug info from this process alone: moves it into a
+/// private mount namespace and mounts an empty tmpfs over `/usr/lib/debug`,
+/// so a symboliser sees the machine as if no `*-dbg` package were
+/// installed (the usual production container). Needs root
+/// (`CAP_SYS_ADMIN`) and a single-threaded process; nothing outside this
+/// process is affected.
+pub fn hide_detached_debug_info() -> io::Result<()> {
+    let check = |status: libc::c_int| {
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: unshare takes flags only; the caller is single-threaded, as
+    // CLONE_NEWNS requires.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    // Make every mount private in the new namespace first, so the tmpfs
+    // below cannot propagate back to the host's namespace.
+    // SAFETY: valid NUL-terminated paths; null source, type and data are
+    // allowed for a propagation change.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: valid NUL-terminated strings; tmpfs takes no data.
+    check(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/usr/lib/debug".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Resident-memory figures of this process, in KiB, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rss {
+    /// `VmRSS`: all resident pages.
+    pub total_kib: u64,
+    /// `RssAnon`: heap, stacks and anonymous mappings.
+    pub anon_kib: u64,
+    /// `RssFile`: resident pages of mapped files (binaries, libraries,
+    /// files mapped for symbolisation).
+    pub file_kib: u64,
+}
+
+impl Rss {
+    /// Reads the current figures.
+    pub fn read() -> io::Result<Rss> {
+        Ok(Rss::parse(&std::fs::read_to_string("/proc/self/status")?))
+    }
+
+    /// Extracts the figures from the text of a `status` file; absent lines
+    /// read as zero.
+    pub fn parse(status: &str) -> Rss {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Rss {
+            total_kib: field("VmRSS"),
+            anon_kib: field("RssAnon"),
+            file_kib: field("RssFile"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status =
+            "Name:\tx\nVmRSS:\t    4321 kB\nRssAnon:\t    1000 kB\nRssFile:\t    3000 kB\n";
+        assert_eq!(
+            Rss::parse(status),
+            Rss {
+                total_kib: 4321,
+                anon_kib: 1000,
+                file_kib: 3000
+            }
+        );
+        assert_eq!(Rss::parse("VmRSSX: 5 kB\n").total_kib, 0);
+    }
+
+    #[test]
+    fn thread_cpu_time_advances_with_work() {
+        let before = thread_cpu_time();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(thread_cpu_time() > before, "{x}");
+    }
+}
