@@ -10,6 +10,11 @@ use crate::{Error, Profile, Stats};
 /// are process-wide.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// Whether an agent is running in this process.
+pub(crate) fn is_running() -> bool {
+    RUNNING.load(Ordering::Acquire)
+}
+
 /// Distinguishes successive agents in one process, so a late signal from an
 /// old agent's timer is never taken for the new one's.
 static GENERATION: AtomicU16 = AtomicU16::new(0);
@@ -132,6 +137,7 @@ mod running {
     use crate::config::Config;
     use crate::handler::{self, SamplerShared};
     use crate::http::HttpServer;
+    use crate::otlp::SpanWorker;
     use crate::profiler::Profiler;
     use crate::stats::HandlerCounters;
     use crate::symbolize::{ModuleMap, SymbolService};
@@ -142,12 +148,40 @@ mod running {
     use crate::unwind::{ScratchPool, UnwindTables};
     use crate::{Error, Profile, Stats, threads};
 
+    /// The base of flame graph links in exported spans: the configured public
+    /// URL, else the endpoint's address (the host name if it listens on all
+    /// interfaces); none without an endpoint.
+    fn flamegraph_base(
+        settings: &crate::config::HttpSettings,
+        http: Option<&HttpServer>,
+    ) -> Option<String> {
+        if let Some(url) = &settings.public_url {
+            return Some(url.clone());
+        }
+        let addr = http?.local_addr();
+        if addr.ip().is_unspecified() {
+            let mut name = [0u8; 256];
+            // SAFETY: the buffer is writable for its length.
+            let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            if ok && end > 0 {
+                return Some(format!(
+                    "http://{}:{}",
+                    String::from_utf8_lossy(&name[..end]),
+                    addr.port()
+                ));
+            }
+        }
+        Some(format!("http://{addr}"))
+    }
+
     /// How long a stopping agent waits for handlers still running.
     const HANDLER_DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 
     pub(super) struct Running {
         profiler: Arc<Profiler>,
         http: Option<HttpServer>,
+        spans: Option<SpanWorker>,
         stop: Arc<AtomicBool>,
         collector: Option<JoinHandle<()>>,
         pid: u32,
@@ -256,14 +290,26 @@ mod running {
                 symbols,
                 own_threads: Arc::clone(&own_threads),
                 started: Instant::now(),
+                export: std::sync::OnceLock::new(),
             });
-            let http = match HttpServer::start(
+            let started = HttpServer::start(
                 Arc::clone(&profiler),
                 &profiler.config.http,
                 &profiler.config.service_name,
-                own_threads,
-            ) {
-                Ok(http) => http,
+                Arc::clone(&own_threads),
+            )
+            .and_then(|http| {
+                let base = flamegraph_base(&profiler.config.http, http.as_ref());
+                let spans = SpanWorker::start(
+                    Arc::clone(&profiler),
+                    profiler.config.otlp.clone(),
+                    base,
+                    own_threads,
+                )?;
+                Ok((http, spans))
+            });
+            let (http, spans) = match started {
+                Ok(parts) => parts,
                 Err(error) => {
                     stop.store(true, Relaxed);
                     collector.thread().unpark();
@@ -271,10 +317,12 @@ mod running {
                     return Err(error);
                 }
             };
+            profiler.set_export_counters(Arc::clone(&spans.counters));
             guard.armed = false;
             Ok(Running {
                 profiler,
                 http,
+                spans: Some(spans),
                 stop,
                 collector: Some(collector),
                 // SAFETY: getpid has no preconditions.
@@ -336,6 +384,7 @@ mod running {
                 std::mem::forget(self);
                 return false;
             }
+            drop(self.spans.take());
             drop(self.http.take());
             self.stop.store(true, Relaxed);
             if let Some(collector) = self.collector.take() {

@@ -44,6 +44,8 @@ pub(crate) struct Record {
     pub(crate) flags: u32,
     /// Number of valid entries in `frames`.
     pub(crate) depth: usize,
+    /// The span the thread was in, if any.
+    pub(crate) span: crate::spans::context::SpanContext,
     /// `frames[0]` is the interrupted instruction pointer; the rest are
     /// return addresses, innermost first. Allocated once, `max_depth` long.
     pub(crate) frames: Box<[u64]>,
@@ -58,6 +60,7 @@ impl Record {
             rate_epoch: 0,
             flags: 0,
             depth: 0,
+            span: crate::spans::context::SpanContext::NONE,
             frames: vec![0; max_depth].into_boxed_slice(),
         }
     }

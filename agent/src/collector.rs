@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use crate::aggregate::filter::Filter;
 use crate::aggregate::history::{History, HistoryLimits};
-use crate::aggregate::stacks::{StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable};
+use crate::aggregate::stacks::{
+    SpanLabel, StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable,
+};
+use crate::spans::table::SpanTable;
 use crate::aggregate::{Aggregate, Capture, Observation};
 use crate::buffer::{FLAG_TRUNCATED, Record};
 use crate::handler::{SamplerShared, monotonic_now_ns};
@@ -176,9 +179,16 @@ pub(crate) struct StoreState {
     /// Modules for symbolisation, replaced when the loaded set changes.
     pub(crate) modules: Arc<ModuleMap>,
     pub(crate) history: History,
+    /// CPU per span, for exported spans and span flame graphs.
+    pub(crate) spans: SpanTable,
     /// Timer period (ns) of each rate epoch (`timer::cookie`).
     periods: [u64; 256],
 }
+
+/// Spans whose CPU is tracked at once.
+const MAX_SPANS: usize = 16 * 1024;
+/// (stack, thread) entries over all tracked spans.
+const MAX_SPAN_ENTRIES: usize = 96 * 1024;
 
 /// A capture's or window's results with stacks expanded, ready for
 /// symbolisation.
@@ -204,6 +214,7 @@ impl Store {
                 drained_through_ns: 0,
                 modules,
                 history: History::new(history, monotonic_now_ns()),
+                spans: SpanTable::new(MAX_SPANS, MAX_SPAN_ENTRIES),
                 periods: [period_ns; 256],
             }),
             drained: Condvar::new(),
@@ -266,6 +277,40 @@ impl Store {
     pub(crate) fn cancel_capture(&self, id: u64) {
         self.lock().captures.retain(|c| c.id != id);
     }
+
+    /// The samples of one span and everything inside it, if still tracked.
+    pub(crate) fn span(&self, span_id: u64, filter: &Filter) -> Option<SpanResult> {
+        let state = self.lock();
+        let entry = state.spans.get(span_id)?;
+        Some(SpanResult {
+            trace_id: entry.trace_id,
+            self_cpu_ns: entry.self_cpu_ns,
+            total_cpu_ns: entry.total_cpu_ns,
+            samples: state.expand(&entry.aggregate, filter),
+        })
+    }
+
+    /// Every sample of one trace in this process (its local roots' totals).
+    pub(crate) fn trace(&self, trace_id: u128, filter: &Filter) -> Option<CaptureResult> {
+        let state = self.lock();
+        let mut merged: Option<CaptureResult> = None;
+        for root in state.spans.trace_roots(trace_id) {
+            let part = state.expand(&root.aggregate, filter);
+            match &mut merged {
+                Some(result) => result.stacks.extend(part.stacks),
+                None => merged = Some(part),
+            }
+        }
+        merged
+    }
+}
+
+/// A span's CPU, expanded for symbolisation.
+pub(crate) struct SpanResult {
+    pub(crate) trace_id: u128,
+    pub(crate) self_cpu_ns: u64,
+    pub(crate) total_cpu_ns: u64,
+    pub(crate) samples: CaptureResult,
 }
 
 impl StoreState {
@@ -292,7 +337,7 @@ impl StoreState {
         let mut stacks = HashSet::new();
         let mut threads = HashSet::new();
         let captured = self.captures.iter().flat_map(|c| c.aggregate.iter().map(|(s, t, _)| (s, t)));
-        for (s, t) in captured.chain(self.history.keys()) {
+        for (s, t) in captured.chain(self.history.keys()).chain(self.spans.keys()) {
             stacks.insert(s);
             threads.insert(t);
         }
@@ -312,6 +357,7 @@ impl StoreState {
                 capture.aggregate.remap(&stacks, &threads);
             }
             self.history.remap(&stacks, &threads);
+            self.spans.remap(&stacks, &threads);
             if !self.stacks.is_nearly_full() || !self.history.pop_oldest() {
                 return;
             }
@@ -322,6 +368,7 @@ impl StoreState {
         self.stacks.memory_bytes()
             + self.threads.memory_bytes()
             + self.history.memory_bytes()
+            + self.spans.memory_bytes()
             + self.captures.iter().map(|c| c.aggregate.memory_bytes()).sum::<usize>()
     }
 }
@@ -554,7 +601,7 @@ fn ingest(
     let name = names
         .entry(record.tid)
         .or_insert_with(|| threads::thread_name(record.tid).unwrap_or_else(|| format!("thread-{}", record.tid)));
-    let Some(thread) = state.threads.intern(record.tid, name) else {
+    let Some(thread) = state.threads.intern(record.tid, name, None) else {
         counters.dropped_aggregate_full.fetch_add(1, Relaxed);
         return;
     };
@@ -567,6 +614,22 @@ fn ingest(
     if !state.history.offer(&observation) {
         counters.dropped_aggregate_full.fetch_add(1, Relaxed);
     }
+    state.spans.offer(&record.span, &observation);
+    if state.captures.is_empty() {
+        return;
+    }
+    // Captures keep the span as a label (for pprof's -tagfocus); if the
+    // thread table has no room for one more (thread, span) pair, the sample
+    // still counts, unlabelled.
+    let labelled = record.span.is_some().then_some(SpanLabel {
+        trace_id: record.span.trace_id,
+        span_id: record.span.span_id,
+        name: record.span.name,
+    });
+    let thread = labelled
+        .and_then(|label| state.threads.intern(record.tid, name, Some(label)))
+        .unwrap_or(thread);
+    let observation = Observation { thread, ..observation };
     for capture in &mut state.captures {
         if !capture.offer(&observation) {
             counters.dropped_aggregate_full.fetch_add(1, Relaxed);

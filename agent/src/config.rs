@@ -39,6 +39,27 @@ pub enum Engine {
     Setitimer,
 }
 
+/// The OTLP transport for exported spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`http/protobuf`, port 4318 by convention).
+    #[default]
+    HttpProtobuf,
+    /// gRPC (`grpc`, port 4317 by convention).
+    Grpc,
+}
+
+impl OtlpProtocol {
+    /// The name used in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+}
+
 impl Engine {
     /// The name used in `SMOLDER_ENGINE` and in stats.
     pub fn as_str(self) -> &'static str {
@@ -75,6 +96,18 @@ pub(crate) struct Config {
     pub(crate) history_bytes: usize,
     pub(crate) service_name: String,
     pub(crate) http: HttpSettings,
+    /// Where spans go; `None`: not exported.
+    pub(crate) otlp: Option<OtlpSettings>,
+}
+
+/// Span export settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtlpSettings {
+    /// An endpoint given to the builder (used verbatim, with `/v1/traces`
+    /// added for HTTP when it has no path); `None`: the exporter reads
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` itself.
+    pub(crate) endpoint: Option<String>,
+    pub(crate) protocol: OtlpProtocol,
 }
 
 /// The HTTP endpoint's settings.
@@ -92,6 +125,9 @@ pub(crate) struct HttpSettings {
     pub(crate) max_seconds: u64,
     /// Connections served at once; more get 503.
     pub(crate) max_connections: usize,
+    /// How others reach the endpoint (for links in exported spans), if not
+    /// its own address.
+    pub(crate) public_url: Option<String>,
 }
 
 /// The default endpoint address: loopback only.
@@ -367,6 +403,9 @@ pub struct AgentBuilder {
     pub(crate) http_required: Option<bool>,
     pub(crate) http_max_seconds: Option<u64>,
     pub(crate) http_max_connections: Option<u64>,
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) otlp_protocol: Option<OtlpProtocol>,
+    pub(crate) http_public_url: Option<String>,
 }
 
 impl AgentBuilder {
@@ -503,6 +542,33 @@ impl AgentBuilder {
         self
     }
 
+    /// The base URL others reach the HTTP endpoint at
+    /// (`SMOLDER_HTTP_PUBLIC_URL`, e.g. `http://checkout-7.internal:6060`),
+    /// used for the flame graph links in exported spans. Default: the
+    /// endpoint's own address (the host name when it listens on all
+    /// interfaces).
+    pub fn http_public_url(mut self, url: impl Into<String>) -> Self {
+        self.http_public_url = Some(url.into());
+        self
+    }
+
+    /// Exports the spans recorded by [`tracing_layer`](crate::tracing_layer)
+    /// to this OTLP endpoint, each with its CPU profile attributes. Without
+    /// it, `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) decides;
+    /// with neither, spans are not exported. For HTTP, a URL without a path
+    /// gets `/v1/traces` appended, as the environment variable does.
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`,
+    /// the default, or `grpc`).
+    pub fn otlp_protocol(mut self, protocol: OtlpProtocol) -> Self {
+        self.otlp_protocol = Some(protocol);
+        self
+    }
+
     /// Starts the agent with these settings. See [`crate::start`].
     pub fn start(self) -> Result<crate::Agent, Error> {
         let config = self.resolve(&ProcessEnv)?;
@@ -586,8 +652,55 @@ impl AgentBuilder {
                 max_seconds: HTTP_MAX_SECONDS.resolve(self.http_max_seconds, env, 300)?,
                 max_connections: HTTP_MAX_CONNECTIONS.resolve(self.http_max_connections, env, 64)?
                     as usize,
+                public_url: self
+                    .http_public_url
+                    .clone()
+                    .or_else(|| env.var("SMOLDER_HTTP_PUBLIC_URL"))
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| u.trim().trim_end_matches('/').to_owned()),
             },
+            otlp: self.resolve_otlp(env)?,
         })
+    }
+
+    /// Whether and how spans are exported: the builder's endpoint, else the
+    /// standard OpenTelemetry variables.
+    fn resolve_otlp(&self, env: &impl Env) -> Result<Option<OtlpSettings>, Error> {
+        let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        let from_env = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if self.otlp_endpoint.is_none() && from_env.is_none() {
+            return Ok(None);
+        }
+        let protocol = match self.otlp_protocol {
+            Some(protocol) => protocol,
+            None => {
+                let var = if set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
+                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+                } else {
+                    "OTEL_EXPORTER_OTLP_PROTOCOL"
+                };
+                parse_choice(
+                    env,
+                    var,
+                    "grpc or http/protobuf (http/json is not supported)",
+                    &[
+                        ("grpc", OtlpProtocol::Grpc),
+                        ("http/protobuf", OtlpProtocol::HttpProtobuf),
+                    ],
+                )?
+                .unwrap_or_default()
+            }
+        };
+        Ok(Some(OtlpSettings {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol,
+        }))
     }
 }
 
@@ -704,6 +817,45 @@ mod tests {
             .resolve(&env(&[("OTEL_SERVICE_NAME", "checkout")]))
             .unwrap();
         assert_eq!(named.service_name, "checkout");
+    }
+
+    #[test]
+    fn otlp_follows_the_standard_variables() {
+        assert_eq!(
+            AgentBuilder::default().resolve(&env(&[])).unwrap().otlp,
+            None
+        );
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        let otlp = AgentBuilder::default().resolve(&e).unwrap().otlp.unwrap();
+        assert_eq!((otlp.endpoint, otlp.protocol), (None, OtlpProtocol::Grpc));
+        let disabled = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert_eq!(
+            AgentBuilder::default().resolve(&disabled).unwrap().otlp,
+            None
+        );
+        let json = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        let message = AgentBuilder::default()
+            .resolve(&json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && message.contains("http/protobuf"),
+            "{message}"
+        );
+        let explicit = AgentBuilder::default()
+            .otlp_endpoint("http://127.0.0.1:4318")
+            .resolve(&env(&[]))
+            .unwrap();
+        assert_eq!(explicit.otlp.unwrap().protocol, OtlpProtocol::HttpProtobuf);
     }
 
     #[test]

@@ -163,6 +163,12 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
         record.tid = tid;
         record.weight = weight;
         record.rate_epoch = rate_epoch;
+        // The layer publishes the span on this very thread, so reading it here
+        // (where the signal was delivered) sees a whole context.
+        record.span = match shared.registry.find(tid) {
+            Some(slot) => shared.registry.slot(slot).span.read(),
+            None => crate::spans::context::SpanContext::NONE,
+        };
         let result = scratch.with_caches(|caches| {
             let mut job = WalkJob {
                 method: shared.method,

@@ -64,6 +64,7 @@ mod duration;
 mod error;
 mod profile;
 mod render;
+mod spans;
 mod stats;
 mod sync;
 
@@ -74,6 +75,7 @@ sampling_platform! {
     mod collector;
     mod handler;
     mod http;
+    mod otlp;
     mod profiler;
     mod symbolize;
     mod threads;
@@ -82,10 +84,12 @@ sampling_platform! {
 }
 
 pub use agent::Agent;
-pub use config::{AgentBuilder, Engine, Unwinder};
+pub use config::{AgentBuilder, Engine, OtlpProtocol, Unwinder};
 pub use error::Error;
 pub use profile::{Frame, Profile, SampleView};
-pub use stats::{DroppedSamples, Stats};
+pub use spans::layer::{SpanLayer, tracing_layer};
+pub use spans::processor::ProfilingSpanProcessor;
+pub use stats::{DroppedSamples, SpanStats, Stats};
 
 /// Starts the agent with default settings and `SMOLDER_*` environment
 /// overrides: `SMOLDER_FREQUENCY_HZ` (default 99), `SMOLDER_ENABLED=false`

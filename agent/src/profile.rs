@@ -33,7 +33,16 @@ pub struct Profile {
     pub(crate) locations: Vec<Location>,
     pub(crate) modules: Vec<Module>,
     pub(crate) threads: Vec<Thread>,
+    pub(crate) spans: Vec<SpanInfo>,
     pub(crate) samples: Vec<Sample>,
+}
+
+/// The span a sample was taken in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SpanInfo {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    pub(crate) name: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +86,8 @@ pub(crate) struct Sample {
     /// Leaf first.
     pub(crate) locations: Vec<u32>,
     pub(crate) thread: u32,
+    /// Index into `spans`, if the samples were taken inside a span.
+    pub(crate) span: Option<u32>,
     /// CPU time the samples with this stack on this thread stand for. CPU
     /// time rather than a count, so that windows spanning a change of
     /// sampling rate add up.
@@ -191,6 +202,26 @@ impl<'a> SampleView<'a> {
         self.profile.threads[self.sample.thread as usize].tid
     }
 
+    /// The OpenTelemetry trace id (32 hex digits) of the span the samples
+    /// were taken in, if any.
+    pub fn trace_id(&self) -> Option<String> {
+        self.span().map(|s| format!("{:032x}", s.trace_id))
+    }
+
+    /// The span id (16 hex digits) of the span the samples were taken in.
+    pub fn span_id(&self) -> Option<String> {
+        self.span().map(|s| format!("{:016x}", s.span_id))
+    }
+
+    /// The name of the span the samples were taken in.
+    pub fn span_name(&self) -> Option<&'static str> {
+        self.span().map(|s| s.name)
+    }
+
+    fn span(&self) -> Option<&'a SpanInfo> {
+        self.sample.span.map(|i| &self.profile.spans[i as usize])
+    }
+
     /// The stack, leaf first, with inlined functions as frames of their own.
     pub fn frames(&self) -> impl Iterator<Item = Frame<'a>> + 'a {
         let profile = self.profile;
@@ -253,6 +284,7 @@ pub(crate) struct ProfileBuilder {
     locations: HashMap<u64, u32>,
     modules: HashMap<String, u32>,
     threads: HashMap<(i32, String), u32>,
+    spans: HashMap<SpanInfo, u32>,
 }
 
 impl ProfileBuilder {
@@ -266,12 +298,14 @@ impl ProfileBuilder {
                 locations: Vec::new(),
                 modules: Vec::new(),
                 threads: Vec::new(),
+                spans: Vec::new(),
                 samples: Vec::new(),
             },
             functions: HashMap::new(),
             locations: HashMap::new(),
             modules: HashMap::new(),
             threads: HashMap::new(),
+            spans: HashMap::new(),
         }
     }
 
@@ -322,7 +356,14 @@ impl ProfileBuilder {
         id
     }
 
-    pub(crate) fn sample(&mut self, locations: Vec<u32>, tid: i32, thread_name: &str, cpu_ns: u64) {
+    pub(crate) fn sample(
+        &mut self,
+        locations: Vec<u32>,
+        tid: i32,
+        thread_name: &str,
+        span: Option<SpanInfo>,
+        cpu_ns: u64,
+    ) {
         let next = self.threads.len() as u32;
         let thread = *self
             .threads
@@ -334,9 +375,17 @@ impl ProfileBuilder {
                 });
                 next
             });
+        let span = span.map(|info| {
+            let next = self.spans.len() as u32;
+            *self.spans.entry(info.clone()).or_insert_with(|| {
+                self.profile.spans.push(info);
+                next
+            })
+        });
         self.profile.samples.push(Sample {
             locations,
             thread,
+            span,
             cpu_ns,
         });
     }

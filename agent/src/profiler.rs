@@ -14,7 +14,7 @@ use crate::aggregate::filter::Filter;
 use crate::collector::{CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, Store};
 use crate::config::Config;
 use crate::handler::{SamplerShared, monotonic_now_ns};
-use crate::profile::ProfileBuilder;
+use crate::profile::{ProfileBuilder, SpanInfo};
 use crate::stats::{CostHistogram, DroppedSamples};
 use crate::symbolize::SymbolService;
 use crate::{Error, Profile, Stats, threads};
@@ -37,6 +37,8 @@ pub(crate) struct Profiler {
     /// Kernel thread ids of the agent's own threads (never sampled).
     pub(crate) own_threads: Arc<Mutex<HashSet<i32>>>,
     pub(crate) started: Instant,
+    /// The span exporter's counters, once it runs.
+    pub(crate) export: std::sync::OnceLock<Arc<crate::otlp::ExportCounters>>,
 }
 
 /// A capture in progress. Dropping it without [`Capture::finish`] cancels it
@@ -116,6 +118,73 @@ impl Profiler {
         Ok(self.build(result, start, covered, self.config.frequency_hz))
     }
 
+    /// The profile of one span and everything inside it, while the collector
+    /// still tracks it.
+    /// `trace_id`, if given, must be the span's trace.
+    pub(crate) fn span_profile(&self, span_id: u64, trace_id: Option<u128>, filter: &Filter) -> Option<Profile> {
+        let span = self.store.span(span_id, filter)?;
+        if trace_id.is_some_and(|t| t != span.trace_id) {
+            return None;
+        }
+        Some(self.build_untimed(span.samples))
+    }
+
+    /// A profile without samples.
+    pub(crate) fn empty_profile(&self) -> Profile {
+        ProfileBuilder::new(SystemTime::now(), Duration::ZERO, self.config.frequency_hz).finish()
+    }
+
+    /// Every sample of one trace in this process.
+    pub(crate) fn trace_profile(&self, trace_id: u128, filter: &Filter) -> Option<Profile> {
+        let samples = self.store.trace(trace_id, filter)?;
+        Some(self.build_untimed(samples))
+    }
+
+    /// A span or trace profile spans no fixed window: its duration is the CPU
+    /// it holds, its start now.
+    fn build_untimed(&self, samples: CaptureResult) -> Profile {
+        let cpu: u64 = samples.stacks.iter().map(|(_, _, cpu)| cpu).sum();
+        self.build(samples, SystemTime::now(), Duration::from_nanos(cpu), self.config.frequency_hz)
+    }
+
+    /// A span's CPU, in the numbers exported spans carry. A span with no
+    /// samples (it slept, or waited) gets zeros.
+    pub(crate) fn span_summary(&self, span_id: u64) -> SpanSummary {
+        let period_ns = crate::timer::period_ns(self.config.frequency_hz);
+        let samples_in = |cpu_ns: u64| (cpu_ns + period_ns / 2) / period_ns;
+        let Some(span) = self.store.span(span_id, &Filter::default()) else {
+            return SpanSummary::default();
+        };
+        // CPU by leaf address, then by the innermost function there.
+        let mut by_leaf: HashMap<u64, u64> = HashMap::new();
+        for (frames, _, cpu) in &span.samples.stacks {
+            if let Some(&leaf) = frames.first() {
+                *by_leaf.entry(leaf).or_default() += cpu;
+            }
+        }
+        let leaves: Vec<u64> = by_leaf.keys().copied().collect();
+        let resolved = self.symbols.resolve(&span.samples.modules, leaves.clone(), SYMBOL_PATIENCE);
+        let mut by_function: HashMap<Arc<str>, u64> = HashMap::new();
+        for (leaf, resolved) in leaves.iter().zip(&resolved) {
+            if let Some(frame) = resolved.frames.first() {
+                *by_function.entry(Arc::clone(&frame.function)).or_default() += by_leaf[leaf];
+            }
+        }
+        let mut top: Vec<(Arc<str>, u64)> = by_function.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let total = span.total_cpu_ns.max(1) as f64;
+        SpanSummary {
+            samples: samples_in(span.total_cpu_ns),
+            self_samples: samples_in(span.self_cpu_ns),
+            cpu_ns: span.total_cpu_ns,
+            top_functions: top
+                .into_iter()
+                .take(5)
+                .map(|(function, cpu)| (function.to_string(), 100.0 * cpu as f64 / total))
+                .collect(),
+        }
+    }
+
     /// How far back the history reaches now.
     pub(crate) fn history_reach(&self) -> Duration {
         let oldest = self.store.lock().history.oldest_ns();
@@ -135,7 +204,12 @@ impl Profiler {
         }
         for (frames, thread, cpu_ns) in &result.stacks {
             let locations = frames.iter().map(|a| location_of[a]).collect();
-            builder.sample(locations, thread.tid, &thread.name, *cpu_ns);
+            let span = thread.span.map(|s| SpanInfo {
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+                name: s.name,
+            });
+            builder.sample(locations, thread.tid, &thread.name, span, *cpu_ns);
         }
         builder.finish()
     }
@@ -174,7 +248,7 @@ impl Profiler {
             + self.shared.scratch.memory_bytes()
             + c.unwind_data_bytes.load(Relaxed) as usize
             + c.table_bytes.load(Relaxed) as usize
-            + threads::MAX_THREADS * 4;
+            + threads::registry().memory_bytes();
         Stats {
             engine: self.engine,
             unwinder: self.config.unwinder.as_str(),
@@ -203,7 +277,29 @@ impl Profiler {
             memory_bytes: memory as u64,
             history_span: self.history_reach(),
             uptime: self.started.elapsed(),
+            spans: self.span_stats(),
         }
+    }
+
+    fn span_stats(&self) -> crate::stats::SpanStats {
+        let (queue_full, no_exporter) = crate::spans::finished::dropped();
+        let export = self.export.get();
+        let read = |f: fn(&crate::otlp::ExportCounters) -> &std::sync::atomic::AtomicU64| {
+            export.map_or(0, |c| f(c).load(Relaxed))
+        };
+        crate::stats::SpanStats {
+            exporting: self.config.otlp.is_some(),
+            exported: read(|c| &c.exported),
+            export_failed: read(|c| &c.export_failed),
+            forwarded: read(|c| &c.forwarded),
+            dropped_queue_full: queue_full,
+            dropped_no_exporter: no_exporter,
+            tracked: self.store.lock().spans.len(),
+        }
+    }
+
+    pub(crate) fn set_export_counters(&self, counters: Arc<crate::otlp::ExportCounters>) {
+        let _ = self.export.set(counters);
     }
 
     /// CPU used by the agent's own threads.
@@ -219,6 +315,18 @@ fn process_cpu() -> Duration {
     // SAFETY: valid out-pointer; the process CPU clock always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A span's CPU, as exported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SpanSummary {
+    /// Samples while the span or anything inside it was active.
+    pub(crate) samples: u64,
+    /// Samples while the span itself was the innermost active span.
+    pub(crate) self_samples: u64,
+    pub(crate) cpu_ns: u64,
+    /// The hottest functions (by self time) and their share of `samples`.
+    pub(crate) top_functions: Vec<(String, f64)>,
 }
 
 /// Why a history window could not be served.

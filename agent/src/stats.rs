@@ -202,6 +202,28 @@ pub struct Stats {
     pub history_span: Duration,
     /// Time since the agent started.
     pub uptime: Duration,
+    /// Span export.
+    pub spans: SpanStats,
+}
+
+/// What became of spans recorded by the tracing layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpanStats {
+    /// Whether an OTLP endpoint is configured.
+    pub exporting: bool,
+    /// Spans exported successfully.
+    pub exported: u64,
+    /// Spans in batches the collector refused or did not answer in time.
+    pub export_failed: u64,
+    /// Spans of the user's own pipeline given back with profile attributes.
+    pub forwarded: u64,
+    /// Spans dropped because the export queue was full.
+    pub dropped_queue_full: u64,
+    /// Spans dropped because no exporter was running.
+    pub dropped_no_exporter: u64,
+    /// Spans whose CPU the collector tracks now.
+    pub tracked: usize,
 }
 
 /// Samples lost, by cause. Every loss is counted somewhere here.

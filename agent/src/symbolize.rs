@@ -190,12 +190,25 @@ impl Drop for SymbolService {
     }
 }
 
-fn serve(inbox: mpsc::Receiver<Request>) {
-    let symbolizer = Symbolizer::builder()
+/// A symboliser for one batch of addresses.
+///
+/// Made afresh for each batch and dropped after it: blazesym keeps every
+/// file it parsed (and, for a binary with full debug info, its DWARF
+/// indexes) for the symboliser's lifetime, which would hold tens of
+/// megabytes for good. Our own per-address cache keeps what was learned, so
+/// a batch only parses the modules its new addresses are in. Split debug
+/// files (`/usr/lib/debug`) are not consulted, for the same reason: libc's
+/// alone costs over 30 MB to load.
+fn batch_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
         .enable_demangling(true)
-        .build();
+        .set_debug_dirs(Some(Vec::<PathBuf>::new()))
+        .build()
+}
+
+fn serve(inbox: mpsc::Receiver<Request>) {
     let mut cache: HashMap<u64, Arc<Resolved>> = HashMap::new();
     let mut cached_generation = None;
     for request in inbox {
@@ -209,10 +222,14 @@ fn serve(inbox: mpsc::Receiver<Request>) {
             .copied()
             .filter(|a| !cache.contains_key(a))
             .collect();
-        let resolved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            resolve_uncached(&symbolizer, &request.modules, &missing)
-        }))
-        .unwrap_or_default();
+        let resolved = if missing.is_empty() {
+            Vec::new()
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                resolve_uncached(&batch_symbolizer(), &request.modules, &missing)
+            }))
+            .unwrap_or_default()
+        };
         cache.extend(resolved);
         let answer = request
             .addresses

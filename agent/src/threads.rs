@@ -7,32 +7,51 @@
 //! agent's threads.
 //!
 //! The registry is an open-addressing hash table of kernel thread ids with a
-//! fixed capacity ([`MAX_THREADS`]); a thread that finds it full is simply not
-//! registered, and the sample it would have produced is counted as dropped.
+//! fixed capacity ([`MAX_THREADS`]). Each slot also holds the thread's
+//! published span context (see `spans::context`), which the tracing layer
+//! writes and the handler reads. A thread that finds the table full is
+//! simply not registered: it is not sampled by the `setitimer` engine and its
+//! samples carry no span.
 
 use std::ffi::CStr;
 use std::io;
 use std::sync::{Mutex, OnceLock};
 
+use crate::spans::context::SpanCell;
 use crate::sync::{AtomicI32, Ordering};
 
 /// Threads the registry can hold at once.
-pub(crate) const MAX_THREADS: usize = 4096;
+pub(crate) const MAX_THREADS: usize = 2048;
 
 const EMPTY: i32 = 0;
 /// A freed slot: lookups probe past it, registrations may reuse it.
 const FREED: i32 = -1;
 
-/// Fixed-capacity table of registered thread ids.
+/// One registered thread.
+pub(crate) struct ThreadSlot {
+    tid: AtomicI32,
+    /// The thread's current span, for its samples.
+    pub(crate) span: SpanCell,
+}
+
+impl ThreadSlot {
+    /// The kernel id of the thread owning the slot (`0` or negative: none).
+    pub(crate) fn tid(&self) -> i32 {
+        self.tid.load(Ordering::Relaxed)
+    }
+}
+
+/// Fixed-capacity table of registered threads.
 pub(crate) struct ThreadRegistry {
-    tids: Box<[AtomicI32]>,
-    /// Serialises registration and removal (agent threads only) so a thread id
-    /// can never occupy two slots. Lookups take no lock.
+    slots: Box<[ThreadSlot]>,
+    /// Serialises registration and removal (agent threads, and a thread
+    /// registering itself on its first span) so a thread id can never occupy
+    /// two slots. Lookups take no lock.
     writers: Mutex<()>,
 }
 
-/// The process-wide registry. Built on first use by an agent thread, never
-/// freed: later agents in the same process reuse it.
+/// The process-wide registry. Built on first use outside any signal
+/// handler, never freed: later agents in the same process reuse it.
 pub(crate) fn registry() -> &'static ThreadRegistry {
     static REGISTRY: OnceLock<ThreadRegistry> = OnceLock::new();
     REGISTRY.get_or_init(|| ThreadRegistry::with_capacity(MAX_THREADS))
@@ -41,43 +60,61 @@ pub(crate) fn registry() -> &'static ThreadRegistry {
 impl ThreadRegistry {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         ThreadRegistry {
-            tids: (0..capacity).map(|_| AtomicI32::new(EMPTY)).collect(),
+            slots: (0..capacity)
+                .map(|_| ThreadSlot {
+                    tid: AtomicI32::new(EMPTY),
+                    span: SpanCell::new(),
+                })
+                .collect(),
             writers: Mutex::new(()),
         }
     }
 
     fn probe(&self, tid: i32) -> impl Iterator<Item = usize> + '_ {
-        let n = self.tids.len();
+        let n = self.slots.len();
         // Fibonacci hashing spreads sequential thread ids over the table.
         let start = ((tid as u32).wrapping_mul(0x9E37_79B9) as usize) % n;
         (0..n).map(move |i| (start + i) % n)
     }
 
-    /// Whether `tid` is registered.
+    /// The slot of `tid`, if registered.
     ///
     /// # Signal safety
-    /// Atomic loads only; visits at most every slot once.
-    pub(crate) fn contains(&self, tid: i32) -> bool {
+    /// Atomic loads only; visits each slot at most once (usually one).
+    #[inline]
+    pub(crate) fn find(&self, tid: i32) -> Option<usize> {
         for index in self.probe(tid) {
-            // Relaxed: the handler only needs *a* recent value; registration
-            // happens-before the thread is sampled through the timer set-up
-            // or the published stack-region table, not through this load.
-            match self.tids[index].load(Ordering::Relaxed) {
-                EMPTY => return false,
-                found if found == tid => return true,
+            // Relaxed: registration happens-before the thread is sampled
+            // through the timer set-up (or, for a thread registering itself,
+            // program order on that thread), not through this load.
+            match self.slots[index].tid.load(Ordering::Relaxed) {
+                EMPTY => return None,
+                found if found == tid => return Some(index),
                 _ => {}
             }
         }
-        false
+        None
     }
 
-    /// Registers `tid`. Returns false when the table is full.
-    pub(crate) fn register(&self, tid: i32) -> bool {
+    /// Whether `tid` is registered.
+    ///
+    /// # Signal safety
+    /// As [`Self::find`].
+    pub(crate) fn contains(&self, tid: i32) -> bool {
+        self.find(tid).is_some()
+    }
+
+    pub(crate) fn slot(&self, index: usize) -> &ThreadSlot {
+        &self.slots[index]
+    }
+
+    /// Registers `tid`, returning its slot; `None` when the table is full.
+    pub(crate) fn register(&self, tid: i32) -> Option<usize> {
         let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
         let mut free = None;
         for index in self.probe(tid) {
-            match self.tids[index].load(Ordering::Relaxed) {
-                found if found == tid => return true,
+            match self.slots[index].tid.load(Ordering::Relaxed) {
+                found if found == tid => return Some(index),
                 FREED => {
                     free.get_or_insert(index);
                 }
@@ -88,36 +125,31 @@ impl ThreadRegistry {
                 _ => {}
             }
         }
-        match free {
-            Some(index) => {
-                self.tids[index].store(tid, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
+        let index = free?;
+        self.slots[index].span.clear();
+        self.slots[index].tid.store(tid, Ordering::Relaxed);
+        Some(index)
     }
 
     /// Removes `tid`, if registered.
     pub(crate) fn unregister(&self, tid: i32) {
         let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        for index in self.probe(tid) {
-            match self.tids[index].load(Ordering::Relaxed) {
-                EMPTY => return,
-                found if found == tid => {
-                    self.tids[index].store(FREED, Ordering::Relaxed);
-                    return;
-                }
-                _ => {}
-            }
+        if let Some(index) = self.find(tid) {
+            self.slots[index].tid.store(FREED, Ordering::Relaxed);
         }
     }
 
     /// Empties the table (an agent stopping).
     pub(crate) fn clear(&self) {
         let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        for tid in self.tids.iter() {
-            tid.store(EMPTY, Ordering::Relaxed);
+        for slot in self.slots.iter() {
+            slot.tid.store(EMPTY, Ordering::Relaxed);
         }
+    }
+
+    /// Bytes held by the table.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<ThreadSlot>()
     }
 }
 
@@ -182,24 +214,25 @@ mod tests {
     fn register_lookup_unregister() {
         let registry = ThreadRegistry::with_capacity(8);
         for tid in [5, 13, 21] {
-            assert!(registry.register(tid));
+            assert!(registry.register(tid).is_some());
         }
         assert!(registry.contains(13));
         registry.unregister(13);
         assert!(!registry.contains(13));
         assert!(registry.contains(21), "probe must continue past a freed slot");
-        assert!(registry.register(13));
-        assert!(registry.contains(13));
+        let slot = registry.register(13).unwrap();
+        assert_eq!(registry.slot(slot).tid(), 13);
+        assert_eq!(registry.find(13), Some(slot));
     }
 
     #[test]
     fn full_table_refuses_new_threads() {
         let registry = ThreadRegistry::with_capacity(4);
         for tid in 1..=4 {
-            assert!(registry.register(tid));
+            assert!(registry.register(tid).is_some());
         }
-        assert!(!registry.register(99));
-        assert!(registry.register(3), "re-registering is idempotent");
+        assert_eq!(registry.register(99), None);
+        assert_eq!(registry.register(3), registry.find(3), "re-registering is idempotent");
         assert!((1..=4).all(|tid| registry.contains(tid)));
     }
 

@@ -69,6 +69,10 @@ impl Aggregate {
         }
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.counts.len()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (StackId, ThreadKey, u64)> + '_ {
         self.counts.iter().map(|(&(s, t), &w)| (s, t, w))
     }

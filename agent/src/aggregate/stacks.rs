@@ -151,11 +151,21 @@ impl StackTable {
     }
 }
 
-/// A thread as profiles show it.
+/// Where a sample ran: a thread as profiles show it, and the span it was in
+/// (captures keep spans, for pprof labels; the history does not).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ThreadInfo {
     pub(crate) tid: i32,
     pub(crate) name: String,
+    pub(crate) span: Option<SpanLabel>,
+}
+
+/// The span part of a sample's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SpanLabel {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    pub(crate) name: &'static str,
 }
 
 /// Interned threads.
@@ -184,10 +194,11 @@ impl ThreadTable {
             + self.threads.capacity() * std::mem::size_of::<ThreadInfo>() * 2
     }
 
-    pub(crate) fn intern(&mut self, tid: i32, name: &str) -> Option<ThreadKey> {
+    pub(crate) fn intern(&mut self, tid: i32, name: &str, span: Option<SpanLabel>) -> Option<ThreadKey> {
         let info = ThreadInfo {
             tid,
             name: name.to_owned(),
+            span,
         };
         if let Some(&key) = self.index.get(&info) {
             return Some(key);
@@ -211,7 +222,7 @@ impl ThreadTable {
         let mut moved = FastMap::default();
         for key in live {
             if let (Some(info), false) = (old.get(key), moved.contains_key(&key)) {
-                if let Some(new_key) = self.intern(info.tid, &info.name) {
+                if let Some(new_key) = self.intern(info.tid, &info.name, info.span) {
                     moved.insert(key, new_key);
                 }
             }
@@ -258,11 +269,11 @@ mod tests {
     #[test]
     fn threads_intern_by_id_and_name() {
         let mut threads = ThreadTable::with_capacity(2);
-        let a = threads.intern(10, "worker").unwrap();
-        assert_eq!(threads.intern(10, "worker"), Some(a));
-        let renamed = threads.intern(10, "renamed").unwrap();
+        let a = threads.intern(10, "worker", None).unwrap();
+        assert_eq!(threads.intern(10, "worker", None), Some(a));
+        let renamed = threads.intern(10, "renamed", None).unwrap();
         assert_ne!(a, renamed);
-        assert_eq!(threads.intern(11, "x"), None, "full");
+        assert_eq!(threads.intern(11, "x", None), None, "full");
         let moved = threads.compact([renamed]);
         assert_eq!(threads.get(moved[&renamed]).unwrap().name, "renamed");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::aggregate::filter::{Filter, Glob};
 
 /// Parameters every profile route accepts.
-pub(crate) const PARAMETERS: &[&str] = &["seconds", "hz", "window", "base", "ago", "thread"];
+pub(crate) const PARAMETERS: &[&str] = &["seconds", "hz", "window", "base", "ago", "thread", "trace_id", "span_id"];
 
 /// Where a profile's samples come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub(crate) enum Source {
         ago: Duration,
         base: Option<Duration>,
     },
+    /// The samples of one span (with everything inside it), or of one
+    /// trace, from the agent's span table.
+    Spans { trace_id: Option<u128>, span_id: Option<u64> },
 }
 
 /// A validated profile request.
@@ -113,6 +116,14 @@ fn whole_number(name: &str, value: &str, max: u64) -> Result<u64, QueryError> {
     Ok(number)
 }
 
+/// A hex id of at most `digits` digits (OpenTelemetry ids: 32 for traces, 16
+/// for spans; shorter ones are accepted, as some UIs drop leading zeros).
+fn hex_id(name: &str, value: &str, digits: usize) -> Result<u128, QueryError> {
+    let valid = !value.is_empty() && value.len() <= digits && value.bytes().all(|b| b.is_ascii_hexdigit());
+    let id = valid.then(|| u128::from_str_radix(value, 16).ok()).flatten().filter(|&id| id != 0);
+    id.ok_or_else(|| reject(format!("{name}={value:?} is invalid: expected a non-zero id of up to {digits} hex digits")))
+}
+
 fn duration(name: &str, value: &str) -> Result<Duration, QueryError> {
     crate::duration::parse(value).map_err(|e| reject(format!("{name}={value:?} is invalid: expected {e}")))
 }
@@ -125,6 +136,7 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
     let mut base = None;
     let mut ago = None;
     let mut filter = Filter::default();
+    let (mut trace_id, mut span_id) = (None, None);
     for (name, value) in pairs(query, PARAMETERS)? {
         match name.as_str() {
             "seconds" => seconds = Some(whole_number("seconds", &value, limits.max_seconds)?),
@@ -138,6 +150,8 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
             }
             "base" => base = Some(duration("base", &value)?),
             "ago" => ago = Some(duration("ago", &value)?),
+            "trace_id" => trace_id = Some(hex_id("trace_id", &value, 32)?),
+            "span_id" => span_id = Some(hex_id("span_id", &value, 16)? as u64),
             "thread" => {
                 if value.is_empty() || value.len() > 256 {
                     return Err(reject("thread= needs a name or glob pattern of 1 to 256 characters"));
@@ -146,6 +160,17 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
             }
             _ => unreachable!("pairs() admits only known names"),
         }
+    }
+    if trace_id.is_some() || span_id.is_some() {
+        if seconds.is_some() || window.is_some() || base.is_some() || ago.is_some() || hz.is_some() {
+            return Err(reject(
+                "trace_id= and span_id= are answered from the agent's span table and take no seconds=, hz=, window=, ago= or base=",
+            ));
+        }
+        return Ok(ProfileQuery {
+            source: Source::Spans { trace_id, span_id },
+            filter,
+        });
     }
     let source = match (seconds, window) {
         (Some(_), Some(_)) => {
@@ -227,6 +252,21 @@ mod tests {
             }
         );
         assert!(ok("thread=a%20b+c").filter.thread.unwrap().matches("a b c"));
+    }
+
+    #[test]
+    fn span_and_trace_filters() {
+        assert_eq!(
+            ok("trace_id=0af7651916cd43dd8448eb211c80319c&span_id=b7ad6b7169203331").source,
+            Source::Spans {
+                trace_id: Some(0x0af7651916cd43dd8448eb211c80319c),
+                span_id: Some(0xb7ad6b7169203331),
+            }
+        );
+        assert!(err("span_id=xyz").contains("hex digits"));
+        assert!(err("span_id=00000000000000000").contains("up to 16"));
+        assert!(err("trace_id=0").contains("non-zero"));
+        assert!(err("span_id=1&seconds=5").contains("take no seconds="));
     }
 
     #[test]

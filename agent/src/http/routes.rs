@@ -142,6 +142,10 @@ async fn profile(endpoint: &Arc<Endpoint>, path: &str, query: ProfileQuery, form
             let path = path.to_owned();
             blocking(move || window(&endpoint, &path, length, ago, base, &query.filter, format)).await
         }
+        Source::Spans { trace_id, span_id } => {
+            let endpoint = Arc::clone(endpoint);
+            blocking(move || spans(&endpoint, trace_id, span_id, &query.filter, format)).await
+        }
     }
 }
 
@@ -269,6 +273,30 @@ fn window(
     }
     let what = format!("{} vs {}", describe(ago), describe(base_ago));
     render(endpoint, &current, Some(&before), &what, format)
+}
+
+/// A span's or a trace's profile, from the span table. A span the table does
+/// not hold (it used no CPU, or aged out) gets an empty profile that says so,
+/// so links from traces always open.
+fn spans(
+    endpoint: &Endpoint,
+    trace_id: Option<u128>,
+    span_id: Option<u64>,
+    filter: &crate::aggregate::filter::Filter,
+    format: Format,
+) -> Response<Body> {
+    let profiler = &endpoint.profiler;
+    let (profile, what) = match (trace_id, span_id) {
+        (_, Some(span_id)) => (profiler.span_profile(span_id, trace_id, filter), format!("span {span_id:016x}")),
+        (Some(trace_id), None) => (profiler.trace_profile(trace_id, filter), format!("trace {trace_id:032x}")),
+        (None, None) => unreachable!("the query parser requires an id"),
+    };
+    let profile = profile.unwrap_or_else(|| profiler.empty_profile());
+    if profile.sample_count() == 0 && format == Format::Svg {
+        let what = format!("{what}: no CPU samples (it used none, or is no longer among the recent spans)");
+        return render(endpoint, &profile, None, &what, format);
+    }
+    render(endpoint, &profile, None, &what, format)
 }
 
 fn round_to_seconds(duration: Duration) -> Duration {

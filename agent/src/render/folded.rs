@@ -54,7 +54,10 @@ fn push_sanitized(line: &mut String, name: &str) {
 
 /// Differential folded stacks: `stack BEFORE AFTER` per stack present in
 /// either profile, the format inferno's differential flame graphs read.
-/// `before` is scaled to `after`'s sampling rate so the counts compare.
+///
+/// `before` is scaled to the same total as `after`, so that a difference
+/// shows a change in *share* of the CPU: when the whole service got busier,
+/// a function that kept its share is not painted as grown.
 pub(crate) fn render_diff(before: &Profile, after: &Profile) -> String {
     let mut out = String::new();
     for (stack, (was, now)) in fold_diff(before, after) {
@@ -63,14 +66,23 @@ pub(crate) fn render_diff(before: &Profile, after: &Profile) -> String {
     out
 }
 
-/// Both profiles folded, stack by stack: (count before, count after).
+/// Both profiles folded, stack by stack: (count before, scaled to the after
+/// total; count after).
 pub(crate) fn fold_diff(before: &Profile, after: &Profile) -> BTreeMap<String, (u64, u64)> {
-    let scale = f64::from(after.frequency_hz()) / f64::from(before.frequency_hz().max(1));
+    let before = fold(before);
+    let after = fold(after);
+    let before_total: u64 = before.values().sum();
+    let after_total: u64 = after.values().sum();
+    let scale = if before_total == 0 {
+        1.0
+    } else {
+        after_total as f64 / before_total as f64
+    };
     let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (stack, count) in fold(before) {
+    for (stack, count) in before {
         merged.entry(stack).or_default().0 = (count as f64 * scale).round() as u64;
     }
-    for (stack, count) in fold(after) {
+    for (stack, count) in after {
         merged.entry(stack).or_default().1 = count;
     }
     merged

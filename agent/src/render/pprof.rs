@@ -242,26 +242,49 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
 
     let thread_key = strings.intern("thread");
     let thread_id_key = strings.intern("thread_id");
+    // The label names Pyroscope uses, so `-tagfocus=span_name=...` works.
+    let trace_id_key = strings.intern("trace_id");
+    let span_id_key = strings.intern("span_id");
+    let span_name_key = strings.intern("span_name");
     let sample = profile
         .samples
         .iter()
         .map(|s| {
             let thread = &profile.threads[s.thread as usize];
+            let mut label = vec![
+                proto::Label {
+                    key: thread_key,
+                    str: strings.intern(&thread.name),
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: thread_id_key,
+                    num: i64::from(thread.tid),
+                    ..Default::default()
+                },
+            ];
+            if let Some(span) = s.span.map(|i| &profile.spans[i as usize]) {
+                let text = |strings: &mut Strings, key, value: &str| proto::Label {
+                    key,
+                    str: strings.intern(value),
+                    ..Default::default()
+                };
+                label.push(text(
+                    &mut strings,
+                    trace_id_key,
+                    &format!("{:032x}", span.trace_id),
+                ));
+                label.push(text(
+                    &mut strings,
+                    span_id_key,
+                    &format!("{:016x}", span.span_id),
+                ));
+                label.push(text(&mut strings, span_name_key, span.name));
+            }
             proto::Sample {
                 location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
                 value: vec![profile.samples_in(s.cpu_ns) as i64, s.cpu_ns as i64],
-                label: vec![
-                    proto::Label {
-                        key: thread_key,
-                        str: strings.intern(&thread.name),
-                        ..Default::default()
-                    },
-                    proto::Label {
-                        key: thread_id_key,
-                        num: i64::from(thread.tid),
-                        ..Default::default()
-                    },
-                ],
+                label,
             }
         })
         .collect();

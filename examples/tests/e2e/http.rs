@@ -93,9 +93,9 @@ fn diff_shows_the_function_that_got_hotter() {
         &["--shift-after", "4"],
     );
     // Before the shift growing_function has a quarter of the work; after it,
-    // half (three times the units). Compare the 3 s after with 3 s before.
-    wait_for_history(&service, Duration::from_secs(8));
-    let folded = service.get("/debug/pprof/folded?window=3s&base=4s");
+    // half (three times the units). Compare the last 3 s with the 3 s ending 5 s earlier.
+    wait_for_history(&service, Duration::from_secs(9));
+    let folded = service.get("/debug/pprof/folded?window=3s&base=5s");
     assert_eq!(folded.status, 200, "{}", folded.text());
     let (mut before, mut after) = (0u64, 0u64);
     for line in folded.text().lines() {
@@ -116,7 +116,7 @@ fn diff_shows_the_function_that_got_hotter() {
     );
 
     let svg = service
-        .get("/debug/pprof/flamegraph?window=3s&base=4s")
+        .get("/debug/pprof/flamegraph?window=3s&base=5s")
         .text();
     assert_well_formed_svg_naming(&svg, &["workload::growing_function"]);
     let title = svg
@@ -128,11 +128,11 @@ fn diff_shows_the_function_that_got_hotter() {
         "a positive delta marks it grown: {title}"
     );
 
-    let pprof = service.get("/debug/pprof/profile?window=3s&base=4s");
+    let pprof = service.get("/debug/pprof/profile?window=3s&base=5s");
     assert_eq!(pprof.status, 200);
     let link = pprof.header("link").expect("the base is linked");
     assert!(
-        link.contains("window=3s&ago=4s") && link.contains("rel=\"base\""),
+        link.contains("window=3s&ago=5s") && link.contains("rel=\"base\""),
         "{link}"
     );
     service.stop();

@@ -9,6 +9,8 @@
 mod fixture;
 mod formats;
 mod http;
+mod receiver;
 mod robustness;
 mod sampling;
 mod service;
+mod spans;

@@ -1,0 +1,333 @@
+//! Transport: spans out over OTLP, each carrying its CPU profile.
+//!
+//! The `smolder-spans` thread takes finished spans from the layer's bounded
+//! queue (`spans::finished`), waits until the collector has drained every
+//! sample taken before they ended, adds the profile attributes, and then
+//! either exports them (our own spans, when an OTLP endpoint is configured)
+//! or hands them back to the user's span processor (spans from the user's
+//! tracing-opentelemetry pipeline, through `ProfilingSpanProcessor`).
+//!
+//! Export runs on a private single-threaded tokio runtime owned by this
+//! thread, with opentelemetry-otlp's exporter (HTTP/protobuf over hyper, or
+//! gRPC over tonic). A collector that is down or slow stalls only this
+//! thread, for at most the export timeout per batch; meanwhile the queue
+//! fills and further spans are dropped and counted, never waited for. Export
+//! resumes with the next batch once the collector answers.
+//!
+//! Attributes, on every span (zeros for a span that used no CPU):
+//!
+//! | attribute | meaning |
+//! |---|---|
+//! | `profile.samples` | CPU samples while the span or a span inside it was active |
+//! | `profile.self_samples` | samples while the span itself was the innermost active span |
+//! | `profile.cpu_time_ms` | CPU time those samples stand for, in milliseconds |
+//! | `profile.top_functions` | the five hottest functions by self time, with their share |
+//! | `profile.flamegraph_url` | the agent's flame graph of the span |
+
+mod client;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+
+use crate::config::{OtlpProtocol, OtlpSettings};
+use crate::handler::monotonic_now_ns;
+use crate::profiler::{Profiler, SpanSummary};
+use crate::spans::finished::{self, FinishedSpan, Pending};
+use crate::{Error, threads};
+
+/// Spans sent in one export request, at most.
+const MAX_BATCH: usize = 512;
+/// How long spans wait to be batched.
+const BATCH_DELAY: Duration = Duration::from_millis(200);
+
+/// Counters reported in stats.
+#[derive(Default)]
+pub(crate) struct ExportCounters {
+    pub(crate) exported: AtomicU64,
+    pub(crate) export_failed: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) last_export_ok: AtomicBool,
+}
+
+/// The span worker. Dropping it stops the thread (spans still queued are
+/// dropped).
+pub(crate) struct SpanWorker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub(crate) counters: Arc<ExportCounters>,
+}
+
+impl SpanWorker {
+    pub(crate) fn start(
+        profiler: Arc<Profiler>,
+        otlp: Option<OtlpSettings>,
+        flamegraph_base: Option<String>,
+        own_threads: Arc<Mutex<HashSet<i32>>>,
+    ) -> Result<SpanWorker, Error> {
+        let inbox = finished::install(otlp.is_some());
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(ExportCounters::default());
+        let thread = {
+            let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
+            std::thread::Builder::new()
+                .name("smolder-spans".into())
+                .stack_size(1 << 20)
+                .spawn(move || {
+                    own_threads
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(threads::current_tid());
+                    let worker = Worker {
+                        profiler,
+                        flamegraph_base,
+                        counters,
+                    };
+                    worker.run(inbox, otlp, &stop);
+                })
+                .map_err(|source| Error::Os {
+                    operation: "spawning the span export thread",
+                    source,
+                })?
+        };
+        Ok(SpanWorker {
+            stop,
+            thread: Some(thread),
+            counters,
+        })
+    }
+}
+
+impl Drop for SpanWorker {
+    fn drop(&mut self) {
+        finished::uninstall();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    profiler: Arc<Profiler>,
+    flamegraph_base: Option<String>,
+    counters: Arc<ExportCounters>,
+}
+
+/// The exporter and the runtime it runs on.
+struct Exporter {
+    runtime: tokio::runtime::Runtime,
+    exporter: opentelemetry_otlp::SpanExporter,
+    timeout: Duration,
+}
+
+impl Worker {
+    fn run(&self, inbox: Receiver<Pending>, otlp: Option<OtlpSettings>, stop: &AtomicBool) {
+        let mut exporter = otlp.as_ref().and_then(|settings| match self.build_exporter(settings) {
+            Ok(exporter) => Some(exporter),
+            Err(error) => {
+                tracing::warn!(%error, "smolder: cannot export spans");
+                None
+            }
+        });
+        let mut batch = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match inbox.recv_timeout(BATCH_DELAY) {
+                Ok(pending) => batch.push(pending),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take whatever else is queued, then handle the batch.
+            let deadline = Instant::now() + BATCH_DELAY;
+            while batch.len() < MAX_BATCH && Instant::now() < deadline {
+                match inbox.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.handle(std::mem::take(&mut batch), exporter.as_mut())
+                }));
+                batch.clear();
+            }
+        }
+    }
+
+    fn build_exporter(&self, settings: &OtlpSettings) -> Result<Exporter, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let timeout = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
+            .ok()
+            .and_then(|ms| ms.trim().parse().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis);
+        let mut exporter = runtime.block_on(async {
+            match settings.protocol {
+                OtlpProtocol::Grpc => {
+                    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(timeout);
+                    if let Some(endpoint) = &settings.endpoint {
+                        builder = builder.with_endpoint(endpoint.clone());
+                    }
+                    builder.build()
+                }
+                OtlpProtocol::HttpProtobuf => {
+                    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(Protocol::HttpBinary)
+                        .with_http_client(client::ExportClient { timeout })
+                        .with_timeout(timeout);
+                    if let Some(endpoint) = &settings.endpoint {
+                        builder = builder.with_endpoint(http_traces_endpoint(endpoint));
+                    }
+                    builder.build()
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let resource = Resource::builder()
+            .with_service_name(self.profiler.config.service_name.clone())
+            .build();
+        exporter.set_resource(&resource);
+        Ok(Exporter {
+            runtime,
+            exporter,
+            timeout,
+        })
+    }
+
+    /// Enriches a batch and sends each span on.
+    fn handle(&self, batch: Vec<Pending>, exporter: Option<&mut Exporter>) {
+        // Every sample of these spans was taken before now: wait for the
+        // collector to have drained them (one or two cycles).
+        self.profiler
+            .store
+            .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
+        let mut export = Vec::new();
+        for pending in batch {
+            match pending {
+                Pending::Recorded(span) => {
+                    let summary = self.profiler.span_summary(span.context.span_id);
+                    export.push(self.span_data(*span, &summary));
+                }
+                Pending::Forwarded { mut span, forward } => {
+                    let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
+                    let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
+                    let summary = self.profiler.span_summary(span_id);
+                    span.attributes.extend(self.attributes(&summary, trace_id, span_id));
+                    forward.on_end(*span);
+                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let (Some(exporter), false) = (exporter, export.is_empty()) {
+            let count = export.len() as u64;
+            let result = exporter.runtime.block_on(async {
+                tokio::time::timeout(exporter.timeout + Duration::from_secs(1), exporter.exporter.export(export)).await
+            });
+            match result {
+                Ok(Ok(())) => {
+                    self.counters.exported.fetch_add(count, Ordering::Relaxed);
+                    self.counters.last_export_ok.store(true, Ordering::Relaxed);
+                }
+                _ => {
+                    self.counters.export_failed.fetch_add(count, Ordering::Relaxed);
+                    self.counters.last_export_ok.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The profile attributes of one span.
+    fn attributes(&self, summary: &SpanSummary, trace_id: u128, span_id: u64) -> Vec<KeyValue> {
+        let top = if summary.top_functions.is_empty() {
+            "no CPU samples".to_owned()
+        } else {
+            summary
+                .top_functions
+                .iter()
+                .map(|(function, share)| format!("{function} {share:.1}%"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut attributes = vec![
+            KeyValue::new("profile.samples", summary.samples as i64),
+            KeyValue::new("profile.self_samples", summary.self_samples as i64),
+            KeyValue::new("profile.cpu_time_ms", summary.cpu_ns as f64 / 1e6),
+            KeyValue::new("profile.top_functions", top),
+        ];
+        if let Some(base) = &self.flamegraph_base {
+            attributes.push(KeyValue::new(
+                "profile.flamegraph_url",
+                format!("{base}/debug/pprof/flamegraph?trace_id={trace_id:032x}&span_id={span_id:016x}"),
+            ));
+        }
+        attributes
+    }
+
+    /// Our recorded span, in the SDK's export form.
+    fn span_data(&self, span: FinishedSpan, summary: &SpanSummary) -> SpanData {
+        let context = &span.context;
+        let mut attributes = span.attributes;
+        let mut events = SpanEvents::default();
+        events.events = span.events;
+        attributes.extend(self.attributes(summary, context.trace_id, context.span_id));
+        SpanData {
+            span_context: OtelSpanContext::new(
+                TraceId::from_bytes(context.trace_id.to_be_bytes()),
+                SpanId::from_bytes(context.span_id.to_be_bytes()),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from_bytes(span.parent_span_id.to_be_bytes()),
+            parent_span_is_remote: false,
+            span_kind: span.kind,
+            name: Cow::Owned(span.name),
+            start_time: span.start,
+            end_time: span.end,
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: span.status,
+            instrumentation_scope: InstrumentationScope::builder("smolder")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        }
+    }
+}
+
+/// An HTTP endpoint given without a path gets the traces path, as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+fn http_traces_endpoint(endpoint: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let has_path = trimmed
+        .split_once("://")
+        .map_or(trimmed, |(_, rest)| rest)
+        .contains('/');
+    if has_path { endpoint.to_owned() } else { format!("{trimmed}/v1/traces") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_endpoints_get_the_traces_path_only_when_bare() {
+        assert_eq!(http_traces_endpoint("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_endpoint("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_endpoint("http://c:4318/custom/path"), "http://c:4318/custom/path");
+    }
+}

@@ -1,0 +1,64 @@
+//! Span-aware profiling: which span each sample was taken in.
+//!
+//! * [`context`]: the per-thread span context the tracing layer publishes
+//!   and the signal handler copies into each sample.
+//! * [`layer`]: the `tracing` layer that publishes it on every span enter
+//!   and exit, with OpenTelemetry ids (shared with tracing-opentelemetry when
+//!   it runs, minted otherwise), and hands finished spans to the exporter.
+//! * [`table`]: the collector's CPU per span.
+
+pub(crate) mod context;
+pub(crate) mod finished;
+pub(crate) mod layer;
+pub(crate) mod processor;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) mod table;
+
+use context::SpanContext;
+
+/// Publishes the calling thread's current span (or none) for its samples.
+/// Does nothing while no agent runs, so that threads do not fill the
+/// registry for nothing.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) {
+    use std::cell::Cell;
+    thread_local! {
+        /// This thread's kernel id and registry slot, once known.
+        static SLOT: Cell<Option<(i32, usize)>> = const { Cell::new(None) };
+    }
+    if !crate::agent::is_running() {
+        return;
+    }
+    let registry = crate::threads::registry();
+    let slot = match SLOT.get() {
+        // The registry is emptied when an agent stops: check the slot is
+        // still ours.
+        Some((tid, slot)) if registry.slot(slot).tid() == tid => slot,
+        _ => {
+            let tid = crate::threads::current_tid();
+            let Some(slot) = registry.register(tid) else {
+                return;
+            };
+            SLOT.set(Some((tid, slot)));
+            slot
+        }
+    };
+    let cell = &registry.slot(slot).span;
+    match context {
+        Some(context) => cell.publish(context),
+        None => cell.clear(),
+    }
+}
+
+/// Without sampling, there is no one to publish to.
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub(crate) fn publish_for_current_thread(_context: Option<&SpanContext>) {}

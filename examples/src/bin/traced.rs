@@ -1,0 +1,191 @@
+//! Span scenarios for the end-to-end tests: a traced workload whose spans
+//! and their CPU are known.
+//!
+//! ```text
+//! traced own [--rounds N]          smolder's layer exports (OTLP endpoint from the environment)
+//! traced otel [--endpoint URL]     the user's tracing-opentelemetry pipeline exports, through
+//!                                  smolder::ProfilingSpanProcessor
+//! traced steady                    keeps tracing until stdin closes (for outage tests)
+//! ```
+//!
+//! Every mode prints `http_addr=` first, then `key=value` lines, and exits
+//! when its stdin closes, so that tests can query the agent meanwhile.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use tracing::{Instrument, info_span};
+use tracing_subscriber::prelude::*;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Burns CPU: the function the tests expect in `profile.top_functions`.
+#[inline(never)]
+fn span_hot_function(duration: Duration) -> u64 {
+    let deadline = Instant::now() + duration;
+    let mut x = 0x1234_5678u64;
+    while Instant::now() < deadline {
+        for i in 0..10_000u64 {
+            x = x.rotate_left(7) ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    std::hint::black_box(x)
+}
+
+/// Burns CPU inside an async task, yielding between slices so that a
+/// multi-thread runtime moves it between its worker threads.
+#[inline(never)]
+fn async_hot_function(slice: Duration) -> u64 {
+    span_hot_function(slice).rotate_left(1)
+}
+
+/// One request: a CPU-heavy child and a sleeping child under a root.
+fn request(round: u64) {
+    let root = info_span!("request", round);
+    let _root = root.enter();
+    info_span!("cpu_heavy").in_scope(|| span_hot_function(Duration::from_millis(300)));
+    info_span!("sleepy").in_scope(|| std::thread::sleep(Duration::from_millis(300)));
+}
+
+/// Async work on a multi-thread runtime, in one span across many polls.
+fn async_request(runtime: &tokio::runtime::Runtime) {
+    runtime.block_on(async {
+        let task = tokio::spawn(
+            async {
+                for _ in 0..30 {
+                    async_hot_function(Duration::from_millis(10));
+                    tokio::task::yield_now().await;
+                }
+            }
+            .instrument(info_span!("async_work")),
+        );
+        task.await.expect("async task");
+    });
+}
+
+fn start_agent() -> Result<smolder::Agent> {
+    let agent = smolder::Agent::builder().frequency_hz(499).start()?;
+    println!("http_addr={}", agent.http_addr().ok_or("no HTTP endpoint")?);
+    std::io::stdout().flush()?;
+    Ok(agent)
+}
+
+fn print_spans(agent: &smolder::Agent) {
+    let spans = agent.stats().spans;
+    println!("spans_exported={}", spans.exported);
+    println!("spans_export_failed={}", spans.export_failed);
+    println!("spans_forwarded={}", spans.forwarded);
+    println!(
+        "spans_dropped={}",
+        spans.dropped_queue_full + spans.dropped_no_exporter
+    );
+}
+
+/// Waits until the agent's span worker has handled everything queued.
+fn settle(agent: &smolder::Agent, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let spans = agent.stats().spans;
+        if spans.exported + spans.export_failed + spans.forwarded >= expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn own(rounds: u64) -> Result<()> {
+    let agent = start_agent()?;
+    tracing_subscriber::registry()
+        .with(smolder::tracing_layer())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for round in 0..rounds {
+        request(round);
+    }
+    async_request(&runtime);
+    // 3 spans a request, plus the async one.
+    settle(&agent, rounds * 3 + 1);
+    print_spans(&agent);
+    wait_for_stdin_to_close()
+}
+
+fn wait_for_stdin_to_close() -> Result<()> {
+    std::io::stdout().flush()?;
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    Ok(())
+}
+
+fn otel(endpoint: &str) -> Result<()> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let agent = start_agent()?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(smolder::ProfilingSpanProcessor::new(
+            opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build(),
+        ))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("traced-otel")
+                .build(),
+        )
+        .build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("traced")))
+        .with(smolder::tracing_layer())
+        .init();
+    for round in 0..2 {
+        request(round);
+    }
+    settle(&agent, 6);
+    provider.force_flush()?;
+    print_spans(&agent);
+    wait_for_stdin_to_close()?;
+    provider.shutdown()?;
+    Ok(())
+}
+
+/// Traces requests until stdin closes, printing progress.
+fn steady() -> Result<()> {
+    let agent = start_agent()?;
+    tracing_subscriber::registry()
+        .with(smolder::tracing_layer())
+        .init();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let root = info_span!("request", rounds);
+                let _root = root.enter();
+                info_span!("cpu_heavy").in_scope(|| span_hot_function(Duration::from_millis(20)));
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = worker.join().map_err(|_| "worker panicked")?;
+    println!("rounds={rounds}");
+    print_spans(&agent);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    match args.first().map(String::as_str) {
+        Some("own") => own(value("--rounds").map_or(Ok(3), |r| r.parse())?),
+        Some("otel") => otel(&value("--endpoint").ok_or("--endpoint URL is required")?),
+        Some("steady") => steady(),
+        other => Err(format!("unknown mode {other:?}; expected own, otel or steady").into()),
+    }
+}

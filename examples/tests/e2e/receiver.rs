@@ -1,0 +1,294 @@
+//! An OTLP/HTTP receiver for the tests: accepts `POST /v1/traces`, decodes
+//! each body with the official protocol types (`opentelemetry-proto`) and
+//! keeps the spans. It can also misbehave on demand (answer 500 or 429, or
+//! never answer), and be stopped and restarted on the same port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    Accept,
+    Status(u16),
+    Hang,
+}
+
+/// One received span and the service that sent it.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub span: Span,
+}
+
+impl ReceivedSpan {
+    pub fn name(&self) -> &str {
+        &self.span.name
+    }
+
+    pub fn attribute(&self, key: &str) -> Option<&Value> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.attribute(key)? {
+            Value::IntValue(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn string(&self, key: &str) -> Option<&str> {
+        match self.attribute(key)? {
+            Value::StringValue(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    pub fn parent_span_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    requests: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts on `addr` (retrying briefly while a previous listener on the
+    /// same port is released).
+    pub fn start_on(addr: SocketAddr) -> Receiver {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let behaviour = Arc::new(Mutex::new(Behaviour::Accept));
+        let requests = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (spans, behaviour, requests, stop) = (
+                spans.clone(),
+                behaviour.clone(),
+                requests.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (spans, behaviour, requests, stop) = (
+                                spans.clone(),
+                                behaviour.clone(),
+                                requests.clone(),
+                                stop.clone(),
+                            );
+                            std::thread::spawn(move || {
+                                serve(stream, &spans, &behaviour, &requests, &stop)
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        Receiver {
+            addr,
+            spans,
+            behaviour,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> u64 {
+        *self.requests.lock().unwrap()
+    }
+
+    /// Waits until the received spans satisfy `done`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || Instant::now() >= deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serves one keep-alive connection.
+fn serve(
+    stream: TcpStream,
+    spans: &Mutex<Vec<ReceivedSpan>>,
+    behaviour: &Mutex<Behaviour>,
+    requests: &Mutex<u64>,
+    stop: &AtomicBool,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    while !stop.load(Ordering::Relaxed) {
+        let mut content_length = None;
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => continue, // read timeout: check `stop`, wait again
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().ok();
+            }
+        }
+        let mut body = vec![0; content_length.unwrap_or(0)];
+        let _ = reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(5)));
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(200)));
+        *requests.lock().unwrap() += 1;
+        let answer = *behaviour.lock().unwrap();
+        match answer {
+            Behaviour::Hang => {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return;
+            }
+            Behaviour::Status(code) => {
+                let _ = write!(
+                    writer,
+                    "HTTP/1.1 {code} Refused\r\nContent-Length: 0\r\n\r\n"
+                );
+            }
+            Behaviour::Accept => {
+                let request = ExportTraceServiceRequest::decode(body.as_slice())
+                    .expect("a valid OTLP export request");
+                let mut received = spans.lock().unwrap();
+                for resource_spans in request.resource_spans {
+                    let service = resource_spans
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.as_ref())
+                        .and_then(|v| match &v.value {
+                            Some(Value::StringValue(s)) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    for scope_spans in resource_spans.scope_spans {
+                        for span in scope_spans.spans {
+                            received.push(ReceivedSpan {
+                                service: service.clone(),
+                                span,
+                            });
+                        }
+                    }
+                }
+                let _ = write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Span-aware profiling end to end: spans exported over OTLP to a receiver
+//! that decodes them with the official protocol types, their profile
+//! attributes, their flame graph links, and export outages.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use crate::formats::assert_well_formed_svg_naming;
+use crate::receiver::{Behaviour, ReceivedSpan, Receiver};
+
+/// A running `traced` fixture.
+struct Traced {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    http_addr: String,
+}
+
+impl Traced {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Traced {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_traced"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SMOLDER_") || key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("SMOLDER_HTTP_ADDR", "127.0.0.1:0")
+            .env("OTEL_SERVICE_NAME", "traced");
+        let mut child = command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the traced fixture");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let http_addr = line
+            .trim()
+            .strip_prefix("http_addr=")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Traced {
+            child,
+            stdin,
+            stdout,
+            http_addr,
+        }
+    }
+
+    /// Closes stdin, waits, and returns the printed `key=value` lines.
+    fn finish(mut self) -> HashMap<String, String> {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "traced exited with {status}:\n{rest}");
+        rest.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fetches `url` (an `http://host:port/path` the agent produced) over TCP.
+fn fetch(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, target) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    use std::io::Write;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let response = crate::service::Response::read(&mut stream);
+    (response.status, response.text())
+}
+
+fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.name() == name).collect()
+}
+
+#[test]
+fn exported_spans_carry_their_cpu_profile() {
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let traced = Traced::start(
+        &["own", "--rounds", "3"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let spans = receiver.wait_for(Duration::from_secs(60), |spans| {
+        named(spans, "request").len() >= 3 && !named(spans, "async_work").is_empty()
+    });
+    assert!(
+        spans.iter().all(|s| s.service == "traced"),
+        "service.name from OTEL_SERVICE_NAME"
+    );
+
+    // Structure: each child's parent is its request, in the same trace.
+    let requests = named(&spans, "request");
+    for child in named(&spans, "cpu_heavy")
+        .iter()
+        .chain(&named(&spans, "sleepy"))
+    {
+        let parent = requests
+            .iter()
+            .find(|r| r.span_id() == child.parent_span_id())
+            .unwrap_or_else(|| panic!("{} has no request parent", child.name()));
+        assert_eq!(parent.trace_id(), child.trace_id());
+    }
+    assert!(
+        requests.iter().all(|r| r.span.parent_span_id.is_empty()),
+        "requests are roots"
+    );
+
+    for heavy in named(&spans, "cpu_heavy") {
+        let samples = heavy.int("profile.samples").expect("profile.samples");
+        // 300 ms of CPU at 499 Hz is about 150 samples.
+        assert!(samples > 50, "cpu_heavy has {samples} samples");
+        assert_eq!(
+            heavy.int("profile.self_samples"),
+            Some(samples),
+            "all of it its own"
+        );
+        let top = heavy
+            .string("profile.top_functions")
+            .expect("profile.top_functions");
+        assert!(top.starts_with("traced::span_hot_function"), "{top}");
+        assert!(heavy.attribute("profile.cpu_time_ms").is_some());
+    }
+    for sleepy in named(&spans, "sleepy") {
+        assert_eq!(
+            sleepy.int("profile.samples"),
+            Some(0),
+            "a sleeping span says 0, not nothing"
+        );
+        assert_eq!(
+            sleepy.string("profile.top_functions"),
+            Some("no CPU samples")
+        );
+    }
+    for request in &requests {
+        let total = request.int("profile.samples").unwrap();
+        let own = request.int("profile.self_samples").unwrap();
+        assert!(
+            total > own,
+            "a parent counts its children's samples: {total} vs {own}"
+        );
+    }
+
+    // An async task hopping between runtime worker threads is attributed.
+    let async_work = named(&spans, "async_work")[0];
+    assert!(async_work.int("profile.samples").unwrap() > 20);
+    let top = async_work.string("profile.top_functions").unwrap();
+    assert!(
+        top.contains("span_hot_function") || top.contains("async_hot_function"),
+        "{top}"
+    );
+
+    // The flame graph link works and shows the span's hot function.
+    let url = named(&spans, "cpu_heavy")[0]
+        .string("profile.flamegraph_url")
+        .unwrap();
+    assert!(
+        url.starts_with(&format!(
+            "http://{}/debug/pprof/flamegraph?trace_id=",
+            traced.http_addr
+        )),
+        "{url}"
+    );
+    let (status, svg) = fetch(url);
+    assert_eq!(status, 200, "{svg}");
+    assert_well_formed_svg_naming(&svg, &["traced::span_hot_function"]);
+    // So does the trace's.
+    let trace_url = format!(
+        "http://{}/debug/pprof/folded?trace_id={}",
+        traced.http_addr,
+        requests[0].trace_id()
+    );
+    let (status, folded) = fetch(&trace_url);
+    assert_eq!(status, 200);
+    assert!(folded.contains("span_hot_function"), "{folded}");
+
+    let summary = traced.finish();
+    assert_eq!(summary["spans_dropped"], "0");
+    assert_eq!(summary["spans_export_failed"], "0");
+}
+
+#[test]
+fn a_users_own_otel_pipeline_gets_the_profile_attributes() {
+    let receiver = Receiver::start();
+    let endpoint = format!("{}/v1/traces", receiver.endpoint());
+    // OTEL_EXPORTER_OTLP_ENDPOINT is set as many deployments do; smolder must
+    // not export a second copy of the spans the user's pipeline exports.
+    let traced = Traced::start(
+        &["otel", "--endpoint", &endpoint],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())],
+    );
+    let spans = receiver.wait_for(Duration::from_secs(60), |spans| {
+        named(spans, "request").len() >= 2
+    });
+    let summary = traced.finish();
+    let spans = receiver
+        .wait_for(Duration::from_secs(5), |spans| spans.len() >= 6)
+        .max_by_len(spans);
+    assert!(
+        spans.iter().all(|s| s.service == "traced-otel"),
+        "the user's resource"
+    );
+    let mut ids: Vec<String> = spans.iter().map(|s| s.span_id()).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "each span exported once");
+    for heavy in named(&spans, "cpu_heavy") {
+        assert!(heavy.int("profile.samples").unwrap() > 50);
+        assert!(
+            heavy
+                .string("profile.top_functions")
+                .unwrap()
+                .contains("span_hot_function")
+        );
+    }
+    assert!(summary["spans_forwarded"].parse::<u64>().unwrap() >= 6);
+    assert_eq!(
+        summary["spans_exported"], "0",
+        "smolder itself exported nothing"
+    );
+}
+
+#[test]
+fn export_survives_a_receiver_outage() {
+    let receiver = Receiver::start();
+    let addr = receiver.addr;
+    let endpoint = receiver.endpoint();
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ],
+    );
+    receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > 10);
+    receiver.stop();
+    // Down for a while: the host keeps working, exports fail and are counted.
+    std::thread::sleep(Duration::from_secs(3));
+    let receiver = Receiver::start_on(addr);
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > 10);
+    assert!(
+        spans.len() > 10,
+        "spans flow again once the receiver is back"
+    );
+    let summary = traced.finish();
+    assert!(
+        summary["rounds"].parse::<u64>().unwrap() > 50,
+        "the host's work went on"
+    );
+    assert!(
+        summary["spans_export_failed"].parse::<u64>().unwrap() > 0,
+        "failures are counted"
+    );
+}
+
+#[test]
+fn a_hung_or_refusing_receiver_never_blocks_the_host() {
+    let receiver = Receiver::start();
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ],
+    );
+    receiver.wait_for(Duration::from_secs(30), |spans| !spans.is_empty());
+    // Accepts connections and never answers, then refuses with 500 and 429.
+    for behaviour in [
+        Behaviour::Hang,
+        Behaviour::Status(500),
+        Behaviour::Status(429),
+    ] {
+        receiver.set(behaviour);
+        let requests = receiver.requests();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while receiver.requests() < requests + 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            receiver.requests() >= requests + 2,
+            "the exporter kept trying under {behaviour:?}"
+        );
+    }
+    receiver.set(Behaviour::Accept);
+    let before = receiver.spans().len();
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > before + 10);
+    assert!(spans.len() > before + 10, "export resumed");
+    let summary = traced.finish();
+    assert!(
+        summary["rounds"].parse::<u64>().unwrap() > 50,
+        "the host's work went on"
+    );
+    assert!(summary["spans_export_failed"].parse::<u64>().unwrap() > 0);
+}
+
+trait MaxByLen {
+    fn max_by_len(self, other: Self) -> Self;
+}
+
+impl MaxByLen for Vec<ReceivedSpan> {
+    fn max_by_len(self, other: Self) -> Self {
+        if self.len() >= other.len() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+#[test]
+fn pprof_samples_carry_span_labels_for_tagfocus() {
+    let traced = Traced::start(&["steady"], &[]);
+    let url = format!("http://{}/debug/pprof/profile?seconds=2", traced.http_addr);
+    let focused = crate::formats::go_pprof(&["-top", "-tagfocus=span_name=cpu_heavy", &url]);
+    assert!(focused.contains("traced::span_hot_function"), "{focused}");
+    let ignored = crate::formats::go_pprof(&["-top", "-tagfocus=span_name=no_such_span", &url]);
+    assert!(!ignored.contains("traced::span_hot_function"), "{ignored}");
+    let tags = crate::formats::go_pprof(&["-tags", &url]);
+    for label in ["trace_id:", "span_id:", "span_name:", "cpu_heavy"] {
+        assert!(tags.contains(label), "{label} missing from:\n{tags}");
+    }
+    traced.finish();
+}
