@@ -91,6 +91,11 @@ pub use spans::layer::{SpanLayer, tracing_layer};
 pub use spans::processor::ProfilingSpanProcessor;
 pub use stats::{DroppedSamples, SpanStats, Stats};
 
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Starts the agent with default settings and `SMOLDER_*` environment
 /// overrides: `SMOLDER_FREQUENCY_HZ` (default 99), `SMOLDER_ENABLED=false`
 /// (an agent that installs nothing), `SMOLDER_MAX_DEPTH`, `SMOLDER_UNWINDER`,
