@@ -228,7 +228,7 @@ impl Drop for RecordWriter<'_> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
 
@@ -311,7 +311,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, smolder_loom))]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;

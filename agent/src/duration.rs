@@ -112,3 +112,23 @@ mod tests {
         assert_eq!(format(Duration::from_secs(5400)), "1h30m");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused(text in ".{0,40}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn format_then_parse_is_identity(ms in 0u64..(100 * 3_600_000)) {
+            let duration = Duration::from_millis(ms);
+            prop_assert_eq!(parse(&format(duration)), if ms == 0 { Ok(Duration::ZERO) } else { Ok(duration) });
+        }
+    }
+}

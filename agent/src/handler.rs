@@ -31,26 +31,22 @@
 //!
 //! # Lifetime of the shared state
 //!
-//! `ACTIVE` points at the `SamplerShared` of the running agent, or is null.
-//! Each handler increments `IN_FLIGHT` *before* loading `ACTIVE` and
-//! decrements it when done; [`deactivate`] nulls `ACTIVE` and then waits for
-//! `IN_FLIGHT` to reach zero. Each side puts a `SeqCst` fence between its
-//! write and its read (the Dekker pattern: without it both reads could miss
-//! both writes), so a handler that saw a non-null pointer is counted before
-//! `deactivate` looks, and the state outlives it.
+//! Handlers reach the running agent's `SamplerShared` through a
+//! [`Gate`](crate::gate::Gate): they count themselves in before looking,
+//! and the agent, when stopping, closes the gate and waits for the count to
+//! reach zero before freeing the state.
 
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::arch::{InterruptedRegs, call_on_stack, interrupted_regs};
 use crate::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
 use crate::config::Unwinder;
 use crate::stats::HandlerCounters;
-// The process-wide statics are std atomics even under loom (loom's cannot be
-// built in a `static`); the structures loom checks are in `buffer` and
-// `unwind::published`.
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::gate::Gate;
 use crate::threads::ThreadRegistry;
 use crate::unwind::published::Published;
 use crate::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
@@ -73,33 +69,32 @@ pub(crate) struct SamplerShared {
     pub(crate) counters: HandlerCounters,
 }
 
-static ACTIVE: AtomicPtr<SamplerShared> = AtomicPtr::new(std::ptr::null_mut());
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The handler's way to the running agent's state.
+#[cfg(not(smolder_loom))]
+fn gate() -> &'static Gate<SamplerShared> {
+    static GATE: Gate<SamplerShared> = Gate::new();
+    &GATE
+}
+
+/// Under loom, atomics cannot be built in a `static`; the gate protocol is
+/// model-checked in `gate` itself.
+#[cfg(smolder_loom)]
+fn gate() -> &'static Gate<SamplerShared> {
+    static GATE: std::sync::OnceLock<Gate<SamplerShared>> = std::sync::OnceLock::new();
+    GATE.get_or_init(Gate::new)
+}
 
 /// Points the handler at `shared`. The caller keeps `shared` alive until
 /// [`deactivate`] has returned `true`.
 pub(crate) fn activate(shared: &Arc<SamplerShared>) {
-    // Release: a handler that acquires the pointer sees the state built.
-    ACTIVE.store(Arc::as_ptr(shared).cast_mut(), Ordering::Release);
+    gate().open(Arc::as_ptr(shared));
 }
 
 /// Detaches the handler from the shared state and waits, at most `patience`,
 /// for handlers still using it. Returns `false` if some handler did not
 /// leave in time; the caller must then leak the state rather than free it.
 pub(crate) fn deactivate(patience: Duration) -> bool {
-    ACTIVE.store(std::ptr::null_mut(), Ordering::Relaxed);
-    // Orders the store before the count check (module docs).
-    fence(Ordering::SeqCst);
-    let deadline = Instant::now() + patience;
-    // Acquire: pairs with the handlers' release decrements, so everything
-    // they did with the state happens before the caller frees it.
-    while IN_FLIGHT.load(Ordering::Acquire) != 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    true
+    gate().close(patience)
 }
 
 /// The `SA_SIGINFO` handler for `SIGPROF`.
@@ -108,19 +103,13 @@ pub(crate) fn deactivate(patience: Duration) -> bool {
 /// See the module docs; everything reachable from here follows them.
 pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut libc::siginfo_t, ucontext: *mut c_void) {
     let saved_errno = errno();
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-    // Orders the increment before the load (module docs).
-    fence(Ordering::SeqCst);
-    // SAFETY: non-null `ACTIVE` points at a live `SamplerShared` until
-    // `deactivate` has seen `IN_FLIGHT` drop to zero, and we are counted.
-    // Acquire pairs with `activate`'s release store.
-    if let Some(shared) = unsafe { ACTIVE.load(Ordering::Acquire).as_ref() } {
+    let pass = gate().enter();
+    if let Some(shared) = pass.target() {
         // SAFETY: the kernel passes valid `info` and `ucontext` pointers to an
         // `SA_SIGINFO` handler.
         unsafe { sample(shared, info, ucontext) };
     }
-    // Release: pairs with `deactivate`'s acquire load.
-    IN_FLIGHT.fetch_sub(1, Ordering::Release);
+    drop(pass);
     set_errno(saved_errno);
 }
 

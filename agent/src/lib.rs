@@ -73,6 +73,7 @@ sampling_platform! {
     mod arch;
     mod buffer;
     mod collector;
+    mod gate;
     mod handler;
     mod http;
     mod otlp;

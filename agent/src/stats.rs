@@ -259,7 +259,7 @@ impl DroppedSamples {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
 

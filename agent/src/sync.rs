@@ -1,29 +1,31 @@
 //! One door to atomics and shared cells, so the lock-free structures can be
-//! model-checked with [loom] by building with `RUSTFLAGS="--cfg loom"`.
+//! model-checked with [loom] by building with `RUSTFLAGS="--cfg smolder_loom"`
+//! (a name of our own: `--cfg loom` would also switch tokio, a dependency,
+//! into its own loom mode).
 //!
 //! Everything lock-free in the crate imports its atomics from here rather than
-//! from `std::sync::atomic`. Under `cfg(loom)` the same names resolve to loom's
+//! from `std::sync::atomic`. Under `cfg(smolder_loom)` the same names resolve to loom's
 //! instrumented versions, which explore every interleaving the memory model
 //! allows.
 //!
 //! [loom]: https://docs.rs/loom
 
-#[cfg(loom)]
+#[cfg(smolder_loom)]
 pub(crate) use loom::cell::UnsafeCell;
-#[cfg(loom)]
+#[cfg(smolder_loom)]
 pub(crate) use loom::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
-#[cfg(not(loom))]
+#[cfg(not(smolder_loom))]
 pub(crate) use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
-#[cfg(not(loom))]
+#[cfg(not(smolder_loom))]
 pub(crate) use cell::UnsafeCell;
 
-#[cfg(not(loom))]
+#[cfg(not(smolder_loom))]
 mod cell {
     /// `core::cell::UnsafeCell` with loom's closure-based access API, so code
     /// written against loom compiles unchanged without it.
@@ -51,14 +53,14 @@ mod cell {
 
 /// Lets another thread run while waiting for it (agent threads only; never
 /// called from a signal handler).
-#[cfg(loom)]
+#[cfg(smolder_loom)]
 pub(crate) fn backoff() {
     loom::thread::yield_now();
 }
 
 /// Lets another thread run while waiting for it (agent threads only; never
 /// called from a signal handler).
-#[cfg(not(loom))]
+#[cfg(not(smolder_loom))]
 pub(crate) fn backoff() {
     std::thread::sleep(std::time::Duration::from_micros(200));
 }

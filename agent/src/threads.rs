@@ -206,7 +206,7 @@ pub(crate) fn name_current_thread(name: &CStr) {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
 

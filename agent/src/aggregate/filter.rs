@@ -79,3 +79,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The obvious exponential matcher, as the reference.
+    fn reference(pattern: &[char], text: &[char]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some(('*', rest)) => (0..=text.len()).any(|skip| reference(rest, &text[skip..])),
+            Some((&p, rest)) => text
+                .split_first()
+                .is_some_and(|(&t, text)| (p == '?' || p == t) && reference(rest, text)),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_the_reference(pattern in "[ab*?]{0,8}", text in "[ab]{0,10}") {
+            let p: Vec<char> = pattern.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            prop_assert_eq!(Glob::new(&pattern).matches(&text), reference(&p, &t));
+        }
+
+        #[test]
+        fn any_glob_on_any_name_terminates(pattern in ".{0,64}", text in ".{0,64}") {
+            let _ = Glob::new(&pattern).matches(&text);
+        }
+    }
+}

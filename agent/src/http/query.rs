@@ -292,3 +292,62 @@ mod tests {
         assert!(err("thread=%ff").contains("not UTF-8"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_seconds: 300,
+        max_hz: 10_000,
+        default_seconds: 30,
+    };
+
+    proptest! {
+        /// Whatever a client sends, the parser answers (never panics), and a
+        /// refusal is one line.
+        #[test]
+        fn any_query_is_answered(query in ".{0,200}") {
+            if let Err(error) = parse_profile_query(&query, LIMITS) {
+                prop_assert!(!error.0.contains('\n'));
+            }
+        }
+
+        /// Byte soup, including `%` escapes and separators, is handled too.
+        #[test]
+        fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let query = String::from_utf8_lossy(&bytes);
+            let _ = parse_profile_query(&query, LIMITS);
+            let _ = pairs(&query, PARAMETERS);
+        }
+
+        /// In-range seconds and rates are accepted as given, out-of-range
+        /// ones refused.
+        #[test]
+        fn seconds_and_hz_ranges(seconds in 0u64..1000, hz in 0u32..20_000) {
+            let parsed = parse_profile_query(&format!("seconds={seconds}&hz={hz}"), LIMITS);
+            let valid = (1..=300).contains(&seconds) && (1..=10_000).contains(&hz);
+            prop_assert_eq!(parsed.is_ok(), valid);
+            if let Ok(query) = parsed {
+                prop_assert_eq!(query.source, Source::Capture { seconds, hz: Some(hz) });
+            }
+        }
+
+        /// Ids round-trip through their hex form.
+        #[test]
+        fn ids_round_trip(trace in 1u128.., span in 1u64..) {
+            let query = format!("trace_id={trace:032x}&span_id={span:016x}");
+            let parsed = parse_profile_query(&query, LIMITS).unwrap();
+            prop_assert_eq!(parsed.source, Source::Spans { trace_id: Some(trace), span_id: Some(span) });
+        }
+
+        /// Percent-encoding of any text decodes back to it.
+        #[test]
+        fn percent_encoding_round_trips(text in "\\PC{0,40}") {
+            let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+            prop_assert_eq!(decode(&encoded).unwrap(), text);
+        }
+    }
+}

@@ -120,7 +120,7 @@ impl SpanCell {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
 

@@ -180,7 +180,7 @@ impl<T> Drop for Published<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
@@ -235,7 +235,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, smolder_loom))]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;

@@ -175,7 +175,7 @@ impl Drop for MappedStack {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
 
