@@ -111,10 +111,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            if running.stop() {
-                RUNNING.store(false, Ordering::Release);
-            }
+        if let Some(running) = self.running.take()
+            && running.stop()
+        {
+            RUNNING.store(false, Ordering::Release);
         }
     }
 }

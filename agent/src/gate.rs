@@ -65,10 +65,8 @@ impl<T> Gate<T> {
         let target = self.target.load(Ordering::Acquire);
         // SAFETY: a non-null target stays alive until `close` has seen the
         // count at zero, and we are counted (see the module docs).
-        Pass {
-            gate: self,
-            target: unsafe { target.as_ref() },
-        }
+        let target = unsafe { target.as_ref() };
+        Pass { gate: self, target }
     }
 
     /// Hides the state from new handlers and waits, at most `patience`, for

@@ -169,10 +169,8 @@ impl SymbolService {
             reply,
         };
         let sent = self.requests.as_ref().is_some_and(|r| r.send(request).is_ok());
-        if sent {
-            if let Ok(resolved) = answer.recv_timeout(patience) {
-                return resolved;
-            }
+        if sent && let Ok(resolved) = answer.recv_timeout(patience) {
+            return resolved;
         }
         addresses
             .into_iter()

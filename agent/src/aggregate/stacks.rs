@@ -221,10 +221,10 @@ impl ThreadTable {
         let old = std::mem::replace(self, ThreadTable::with_capacity(self.capacity));
         let mut moved = FastMap::default();
         for key in live {
-            if let (Some(info), false) = (old.get(key), moved.contains_key(&key)) {
-                if let Some(new_key) = self.intern(info.tid, &info.name, info.span) {
-                    moved.insert(key, new_key);
-                }
+            if let (Some(info), false) = (old.get(key), moved.contains_key(&key))
+                && let Some(new_key) = self.intern(info.tid, &info.name, info.span)
+            {
+                moved.insert(key, new_key);
             }
         }
         moved

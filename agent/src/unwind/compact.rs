@@ -88,10 +88,10 @@ impl CompactRuleCache {
     /// Loads and compares; on a hash hit, one store into the memo.
     #[inline(always)]
     pub(crate) fn lookup(&mut self, depth: usize, return_address: u64) -> Cached {
-        if let Some(&(memo_address, rule)) = self.memo.get(depth) {
-            if memo_address == return_address {
-                return Cached::Rule(rule);
-            }
+        if let Some(&(memo_address, rule)) = self.memo.get(depth)
+            && memo_address == return_address
+        {
+            return Cached::Rule(rule);
         }
         let cached = self.get(return_address, self.memo_generation);
         if let (Cached::Rule(rule), Some(entry)) = (&cached, self.memo.get_mut(depth)) {

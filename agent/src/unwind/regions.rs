@@ -40,7 +40,7 @@ impl StackBounds {
     pub(crate) fn read_u64(&self, address: u64) -> Result<u64, ()> {
         let in_bounds =
             address >= self.low && address.checked_add(8).is_some_and(|end| end <= self.high);
-        if !in_bounds || address % 8 != 0 {
+        if !in_bounds || !address.is_multiple_of(8) {
             return Err(());
         }
         // SAFETY: `[low, high)` lies inside a mapping that contained the live
