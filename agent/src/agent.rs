@@ -45,6 +45,7 @@ impl Agent {
         if !config.enabled {
             return Ok(Agent { running: None });
         }
+        running::prepare_for_fork();
         if RUNNING
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
@@ -173,6 +174,25 @@ mod running {
             }
         }
         Some(format!("http://{addr}"))
+    }
+
+    /// Registers, once per process, what a forked child must forget: the
+    /// parent's agent runs in the parent (its threads and timers are not
+    /// copied), so the child starts with no agent and may start its own.
+    pub(super) fn prepare_for_fork() {
+        static REGISTERED: std::sync::Once = std::sync::Once::new();
+        REGISTERED.call_once(|| {
+            // SAFETY: registers a child hook that only does atomic stores,
+            // which is what may run in a child of a multithreaded process.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_agent_in_child)) };
+        });
+    }
+
+    extern "C" fn forget_agent_in_child() {
+        handler::reset_after_fork();
+        crate::http::close_listener_after_fork();
+        threads::reset_registry_after_fork();
+        super::RUNNING.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// How long a stopping agent waits for handlers still running.
@@ -439,7 +459,11 @@ mod running {
         pub(super) fn http_addr(&self) -> Option<std::net::SocketAddr> {
             match *self {}
         }
+    }
 
+    pub(super) fn prepare_for_fork() {}
+
+    impl Running {
         pub(super) fn stop(self) -> bool {
             match self {}
         }

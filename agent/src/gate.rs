@@ -89,6 +89,17 @@ impl<T> Gate<T> {
     }
 }
 
+impl<T> Gate<T> {
+    /// In a child process just forked: the agent's threads and timers stayed
+    /// in the parent, and handlers that were running on other threads at the
+    /// fork never finish here. Forget both. Atomic stores only: this runs in
+    /// `pthread_atfork`'s child hook.
+    pub(crate) fn reset_after_fork(&self) {
+        self.target.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.in_flight.store(0, Ordering::Release);
+    }
+}
+
 impl<T> Pass<'_, T> {
     /// The state, if the gate was open.
     #[inline(always)]

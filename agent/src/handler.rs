@@ -84,6 +84,11 @@ fn gate() -> &'static Gate<SamplerShared> {
     GATE.get_or_init(Gate::new)
 }
 
+/// See [`Gate::reset_after_fork`].
+pub(crate) fn reset_after_fork() {
+    gate().reset_after_fork();
+}
+
 /// Points the handler at `shared`. The caller keeps `shared` alive until
 /// [`deactivate`] has returned `true`.
 pub(crate) fn activate(shared: &Arc<SamplerShared>) {

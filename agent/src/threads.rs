@@ -15,10 +15,10 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use crate::spans::context::SpanCell;
-use crate::sync::{AtomicI32, Ordering};
+use crate::sync::{AtomicBool, AtomicI32, Ordering};
 
 /// Threads the registry can hold at once.
 pub(crate) const MAX_THREADS: usize = 2048;
@@ -46,15 +46,26 @@ pub(crate) struct ThreadRegistry {
     slots: Box<[ThreadSlot]>,
     /// Serialises registration and removal (agent threads, and a thread
     /// registering itself on its first span) so a thread id can never occupy
-    /// two slots. Lookups take no lock.
-    writers: Mutex<()>,
+    /// two slots. Lookups take no lock. A spin flag rather than a `Mutex`:
+    /// after `fork`, the child must be able to release it even if a thread
+    /// that no longer exists held it (see [`ThreadRegistry::reset_after_fork`]).
+    writers: AtomicBool,
 }
 
 /// The process-wide registry. Built on first use outside any signal
 /// handler, never freed: later agents in the same process reuse it.
 pub(crate) fn registry() -> &'static ThreadRegistry {
-    static REGISTRY: OnceLock<ThreadRegistry> = OnceLock::new();
     REGISTRY.get_or_init(|| ThreadRegistry::with_capacity(MAX_THREADS))
+}
+
+static REGISTRY: OnceLock<ThreadRegistry> = OnceLock::new();
+
+/// [`ThreadRegistry::reset_after_fork`] on the registry, if it exists (never
+/// creating it: this runs in a forked child, where allocating is unsafe).
+pub(crate) fn reset_registry_after_fork() {
+    if let Some(registry) = REGISTRY.get() {
+        registry.reset_after_fork();
+    }
 }
 
 impl ThreadRegistry {
@@ -66,7 +77,7 @@ impl ThreadRegistry {
                     span: SpanCell::new(),
                 })
                 .collect(),
-            writers: Mutex::new(()),
+            writers: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +86,28 @@ impl ThreadRegistry {
         // Fibonacci hashing spreads sequential thread ids over the table.
         let start = ((tid as u32).wrapping_mul(0x9E37_79B9) as usize) % n;
         (0..n).map(move |i| (start + i) % n)
+    }
+
+    fn lock_writers(&self) -> WritersGuard<'_> {
+        // Acquire: pairs with the release in `WritersGuard::drop`.
+        while self
+            .writers
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        WritersGuard(&self.writers)
+    }
+
+    /// In a child process just forked: only the forking thread exists, so
+    /// every registration (and a writer lock some other thread held) is
+    /// void. Atomic stores only: this runs in `pthread_atfork`'s child hook.
+    pub(crate) fn reset_after_fork(&self) {
+        for slot in self.slots.iter() {
+            slot.tid.store(EMPTY, Ordering::Relaxed);
+        }
+        self.writers.store(false, Ordering::Release);
     }
 
     /// The slot of `tid`, if registered.
@@ -110,7 +143,7 @@ impl ThreadRegistry {
 
     /// Registers `tid`, returning its slot; `None` when the table is full.
     pub(crate) fn register(&self, tid: i32) -> Option<usize> {
-        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_writers();
         let mut free = None;
         for index in self.probe(tid) {
             match self.slots[index].tid.load(Ordering::Relaxed) {
@@ -133,7 +166,7 @@ impl ThreadRegistry {
 
     /// Removes `tid`, if registered.
     pub(crate) fn unregister(&self, tid: i32) {
-        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_writers();
         if let Some(index) = self.find(tid) {
             self.slots[index].tid.store(FREED, Ordering::Relaxed);
         }
@@ -141,7 +174,7 @@ impl ThreadRegistry {
 
     /// Empties the table (an agent stopping).
     pub(crate) fn clear(&self) {
-        let _guard = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_writers();
         for slot in self.slots.iter() {
             slot.tid.store(EMPTY, Ordering::Relaxed);
         }
@@ -150,6 +183,16 @@ impl ThreadRegistry {
     /// Bytes held by the table.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<ThreadSlot>()
+    }
+}
+
+/// Holds the registry's writer flag.
+struct WritersGuard<'a>(&'a AtomicBool);
+
+impl Drop for WritersGuard<'_> {
+    fn drop(&mut self) {
+        // Release: our writes to the table happen before the next writer's.
+        self.0.store(false, Ordering::Release);
     }
 }
 

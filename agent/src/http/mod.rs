@@ -49,6 +49,23 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocking threads for symbolising and rendering.
 const RENDER_THREADS: usize = 4;
 
+/// The listening socket of the running endpoint, or -1: a child forked from
+/// the process must close its copy, or it would hold the port after the
+/// parent's agent stopped.
+static LISTENER_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Closes the child's copy of the listening socket. Runs in
+/// `pthread_atfork`'s child hook: an atomic swap and `close`, both
+/// async-signal-safe.
+pub(crate) fn close_listener_after_fork() {
+    let fd = LISTENER_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: `fd` is the child's copy of our listening socket, which
+        // nothing in the child uses.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// What every request handler can reach.
 pub(crate) struct Endpoint {
     profiler: Arc<Profiler>,
@@ -101,6 +118,7 @@ impl HttpServer {
             }
         };
         let local_addr = listener.local_addr().map_err(|source| Error::HttpBind { addr, source })?;
+        LISTENER_FD.store(std::os::fd::AsRawFd::as_raw_fd(&listener), Ordering::Release);
         let endpoint = Arc::new(Endpoint {
             profiler,
             settings: settings.clone(),
@@ -162,6 +180,7 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
+        LISTENER_FD.store(-1, Ordering::Release);
         self.shutdown.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -385,6 +385,46 @@ fn sigprof_disposition() -> &'static str {
 
 extern "C" fn foreign_handler(_: libc::c_int) {}
 
+/// Forks while the agent runs; the child, which has none of the parent's
+/// agent threads or timers, starts an agent of its own and profiles. Returns
+/// how the child ended.
+fn fork_and_profile_in_child() -> String {
+    // SAFETY: the child only runs Rust code that the agent's fork hook has
+    // prepared for (it forgets the parent's agent), then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let profiled = smolder::start().and_then(|agent| {
+            let capture = std::thread::spawn(move || agent.record(Duration::from_millis(300)));
+            let deadline = Instant::now() + Duration::from_millis(350);
+            while Instant::now() < deadline {
+                std::hint::black_box(spin(10));
+            }
+            capture.join().expect("capture thread")
+        });
+        let code = match profiled {
+            Ok(profile) if profile.sample_count() > 0 => 0,
+            Ok(_) => {
+                eprintln!("forked child: no samples");
+                1
+            }
+            Err(error) => {
+                eprintln!("forked child: {error}");
+                1
+            }
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) {
+        format!("exited-{}", libc::WEXITSTATUS(status))
+    } else {
+        format!("killed-by-signal-{}", libc::WTERMSIG(status))
+    }
+}
+
 fn lifecycle() -> Result<()> {
     println!("initial_disposition={}", sigprof_disposition());
 
@@ -432,6 +472,7 @@ fn lifecycle() -> Result<()> {
         capture.join().expect("capture")
     })?;
     println!("restarted_samples={}", profile.sample_count());
+    println!("forked_child={}", fork_and_profile_in_child());
     drop(agent);
 
     // Someone else's SIGPROF handler: the agent must refuse and leave it be.
