@@ -35,6 +35,18 @@ struct StatsView<'a> {
     history_span_seconds: f64,
     uptime_seconds: f64,
     http: Http,
+    spans: Spans,
+}
+
+#[derive(Serialize)]
+struct Spans {
+    exporting: bool,
+    exported: u64,
+    export_failed: u64,
+    forwarded: u64,
+    dropped_queue_full: u64,
+    dropped_no_exporter: u64,
+    tracked: usize,
 }
 
 #[derive(Serialize)]
@@ -104,6 +116,15 @@ pub(crate) fn stats_json(stats: &Stats, http: &HttpCounters) -> String {
             client_errors: http.client_errors.load(Relaxed),
             rejected_busy: http.rejected_busy.load(Relaxed),
             captures_cancelled: http.captures_cancelled.load(Relaxed),
+        },
+        spans: Spans {
+            exporting: stats.spans.exporting,
+            exported: stats.spans.exported,
+            export_failed: stats.spans.export_failed,
+            forwarded: stats.spans.forwarded,
+            dropped_queue_full: stats.spans.dropped_queue_full,
+            dropped_no_exporter: stats.spans.dropped_no_exporter,
+            tracked: stats.spans.tracked,
         },
     };
     serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))

@@ -41,7 +41,11 @@ pub fn get(url: &str) -> Result<Response, String> {
 }
 
 /// Sends one request to an `http://host:port/path` URL.
-pub fn request(method: &str, url: &str, json: Option<&serde_json::Value>) -> Result<Response, String> {
+pub fn request(
+    method: &str,
+    url: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<Response, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("not an http:// URL: {url}"))?;
@@ -51,7 +55,9 @@ pub fn request(method: &str, url: &str, json: Option<&serde_json::Value>) -> Res
     };
     let body = json.map(|value| value.to_string()).unwrap_or_default();
     let mut stream = TcpStream::connect(host).map_err(|e| format!("connect to {host}: {e}"))?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
@@ -61,11 +67,40 @@ pub fn request(method: &str, url: &str, json: Option<&serde_json::Value>) -> Res
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(body.as_bytes()))
         .map_err(|e| format!("send {method} {url}: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read the answer to {method} {url}: {e}"))?;
+    let raw =
+        read_answer(&mut stream).map_err(|e| format!("read the answer to {method} {url}: {e}"))?;
     parse(&raw).map_err(|e| format!("{method} {url}: {e}"))
+}
+
+/// Reads one answer: up to its `Content-Length`, to the end of its last
+/// chunk, or to the end of the stream (servers need not close the
+/// connection when asked to, and chromedriver does not).
+fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buffer = [0; 64 * 1024];
+    loop {
+        let read = stream.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buffer[..read]);
+        if is_complete(&raw) {
+            return Ok(raw);
+        }
+    }
+}
+
+/// Whether `raw` holds a whole answer whose end can be told without EOF.
+fn is_complete(raw: &[u8]) -> bool {
+    let Ok(response) = parse(raw) else {
+        return false;
+    };
+    if let Some(length) = response.header("content-length") {
+        return length
+            .parse()
+            .is_ok_and(|length: usize| response.body.len() >= length);
+    }
+    response.header("transfer-encoding").is_some()
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {
@@ -124,7 +159,8 @@ fn dechunk(mut payload: &[u8]) -> Result<Vec<u8>, String> {
 
 #[test]
 fn parses_chunked_answers() {
-    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let raw =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     let response = parse(raw).unwrap();
     assert_eq!((response.status, response.text().as_str()), (200, "abcde"));
 }

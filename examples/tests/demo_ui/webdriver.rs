@@ -25,7 +25,13 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// exists.
 pub fn find_executable(env_var: &str, name: &str, package: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "${env_var} names {}, which does not exist",
+            path.display()
+        );
+        return path;
     }
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
@@ -66,7 +72,10 @@ impl Driver {
             let status = http::get(&format!("{}/status", driver.base)).ok()?;
             (status.json()["value"]["ready"] == true).then_some(())
         });
-        assert!(ready.is_some(), "chromedriver did not become ready on port {port}");
+        assert!(
+            ready.is_some(),
+            "chromedriver did not become ready on port {port}"
+        );
         driver
     }
 
@@ -138,7 +147,10 @@ impl Session<'_> {
     }
 
     pub fn current_url(&self) -> String {
-        self.call("GET", "/url", None).as_str().unwrap_or_default().to_owned()
+        self.call("GET", "/url", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn find_all(&self, css: &str) -> Vec<Element> {
@@ -182,6 +194,17 @@ impl Session<'_> {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    pub fn attribute(&self, element: &Element, name: &str) -> String {
+        self.call(
+            "GET",
+            &format!("/element/{}/attribute/{name}", element.0),
+            None,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     pub fn click(&self, element: &Element) {

@@ -399,6 +399,8 @@ fn index_and_stats_describe_the_agent() {
         "agent_memory_bytes",
         "history_span_seconds",
         "uptime_seconds",
+        "spans",
+        "http",
     ] {
         assert!(stats.get(field).is_some(), "stats has {field}: {stats}");
     }

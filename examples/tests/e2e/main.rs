@@ -8,6 +8,7 @@
 
 mod fixture;
 mod formats;
+mod hostile;
 mod http;
 mod receiver;
 mod robustness;

@@ -115,6 +115,10 @@ impl Service {
         stream
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The stats JSON.
     pub fn stats(&self) -> serde_json::Value {
         let response = self.get("/debug/pprof/stats");

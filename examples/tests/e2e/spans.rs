@@ -343,3 +343,64 @@ fn pprof_samples_carry_span_labels_for_tagfocus() {
     }
     traced.finish();
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn no_receiver_for_two_minutes_then_spans_flow() {
+    // A port with nothing behind it: connections are refused from the start.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{addr}");
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ],
+    );
+    let pid = traced.child.id();
+    let stats_url = format!("http://{}/debug/pprof/stats", traced.http_addr);
+    let mut rss = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_secs(5));
+        rss.push(rss_kib(pid));
+    }
+    let (status, stats) = fetch(&stats_url);
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    // Memory stays bounded while spans cannot leave: compare the second
+    // minute with the first.
+    let first_minute = rss[..rss.len() / 2].iter().max().copied().unwrap();
+    let second_minute = rss[rss.len() / 2..].iter().max().copied().unwrap();
+    assert!(
+        second_minute < first_minute + 16 * 1024,
+        "RSS {first_minute} -> {second_minute} KiB"
+    );
+    assert!(stats["agent_memory_bytes"].as_u64().unwrap() < 32 << 20);
+
+    let receiver = Receiver::start_on(addr);
+    let spans = receiver.wait_for(Duration::from_secs(60), |spans| spans.len() > 10);
+    assert!(spans.len() > 10, "spans flow once the receiver appears");
+    let summary = traced.finish();
+    assert!(
+        summary["rounds"].parse::<u64>().unwrap() > 1000,
+        "the host's work went on"
+    );
+    let failed: u64 = summary["spans_export_failed"].parse().unwrap();
+    let dropped: u64 = summary["spans_dropped"].parse().unwrap();
+    assert!(failed + dropped > 0, "the outage shows in the counters");
+}
