@@ -20,7 +20,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blazesym::symbolize::source::{Elf, Source};
+use blazesym::Pid;
+use blazesym::symbolize::source::{Elf, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 
 use crate::aggregate::stacks::TRUNCATED_FRAME;
@@ -251,11 +252,19 @@ fn resolve_uncached(symbolizer: &Symbolizer, modules: &ModuleMap, addresses: &[u
     }
     let mut out = Vec::with_capacity(addresses.len());
     for (module, avmas) in by_module {
-        let symbols = module.and_then(|m| m.path.as_ref().map(|p| (m, p))).and_then(|(m, path)| {
-            let svmas: Vec<u64> = avmas.iter().map(|a| a - m.bias).collect();
-            symbolizer
-                .symbolize(&Source::Elf(Elf::new(path)), Input::VirtOffset(&svmas))
-                .ok()
+        let symbols = module.and_then(|m| match &m.path {
+            Some(path) => {
+                let svmas: Vec<u64> = avmas.iter().map(|a| a - m.bias).collect();
+                symbolizer
+                    .symbolize(&Source::Elf(Elf::new(path)), Input::VirtOffset(&svmas))
+                    .ok()
+            }
+            // The vDSO has no file: blazesym reads its ELF image from our own
+            // memory (it is mapped for the whole life of the process).
+            None if m.name == "[vdso]" => symbolizer
+                .symbolize(&Source::Process(Process::new(Pid::Slf)), Input::AbsAddr(&avmas))
+                .ok(),
+            None => None,
         });
         for (i, &avma) in avmas.iter().enumerate() {
             let frames = symbols.as_ref().and_then(|s| s.get(i)).and_then(frames_of);
@@ -346,6 +355,21 @@ mod tests {
         let outer = names.last().unwrap();
         assert!(outer.ends_with("a_function_with_a_distinctive_name"), "{names:?}");
         assert!(!outer.contains("::h"), "hash suffix must be stripped: {outer}");
+    }
+
+    #[test]
+    fn vdso_functions_are_named() {
+        let modules = map();
+        let Some(vdso) = modules.loaded().iter().find(|m| m.name == "[vdso]") else {
+            return; // a kernel without a vDSO has nothing to name
+        };
+        // Somewhere inside the vDSO's code: every word of it belongs to one of
+        // its few functions, which have symbols.
+        let service = SymbolService::spawn(Default::default()).unwrap();
+        let inside = vdso.avma_range.start + (vdso.avma_range.end - vdso.avma_range.start) / 2;
+        let resolved = service.resolve(&modules, vec![inside], Duration::from_secs(60));
+        let name = &resolved[0].frames[0].function;
+        assert!(!name.contains("+0x") || name.starts_with("[vdso]"), "{name}");
     }
 
     #[test]
