@@ -51,6 +51,7 @@ pub fn tracing_layer() -> SpanLayer {
     SpanLayer {
         dispatch: OnceLock::new(),
         otel_pipeline: AtomicBool::new(false),
+        otel_checked: AtomicBool::new(false),
     }
 }
 
@@ -59,6 +60,10 @@ pub struct SpanLayer {
     dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
     /// Set once tracing-opentelemetry is seen giving spans their ids.
     otel_pipeline: AtomicBool,
+    /// Set once the first span was resolved: whether tracing-opentelemetry
+    /// is in the subscriber does not change after that, so spans need not
+    /// ask again when it is not.
+    otel_checked: AtomicBool,
 }
 
 impl std::fmt::Debug for SpanLayer {
@@ -251,6 +256,11 @@ impl SpanLayer {
 
     /// The ids tracing-opentelemetry gave this span, if it runs.
     fn otel_ids(&self, id: &Id) -> Option<(u128, u64)> {
+        if self.otel_checked.load(Ordering::Relaxed) && !self.otel_pipeline.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.otel_checked.store(true, Ordering::Relaxed);
         let dispatch = self.dispatch.get()?.upgrade()?;
         let context = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
         let span = context.span();
