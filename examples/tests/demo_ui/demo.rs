@@ -120,7 +120,20 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    /// Stops the demo as Ctrl-C would, so it removes its database file;
+    /// kills it if it has not exited after 15 s.
     fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) has no memory-safety preconditions. `pid` is our
+        // child, not yet waited for, so it cannot name another process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -284,3 +284,13 @@ fn base64_round_trip() {
     assert_eq!(base64_decode("aGVsbG8hIQ=="), b"hello!!");
     assert_eq!(base64_decode("YWJj"), b"abc");
 }
+
+#[test]
+#[should_panic(expected = "apt-get install -y chromium chromium-driver")]
+fn a_missing_browser_fails_naming_the_packages() {
+    find_executable(
+        "SMOLDER_TEST_NO_SUCH_VARIABLE",
+        "no-such-browser",
+        "chromium",
+    );
+}
