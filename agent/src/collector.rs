@@ -181,6 +181,8 @@ pub(crate) struct StoreState {
     pub(crate) history: History,
     /// CPU per span, for exported spans and span flame graphs.
     pub(crate) spans: SpanTable,
+    /// When spans older than the history's span are next forgotten.
+    next_span_expiry_ns: u64,
     /// Timer period (ns) of each rate epoch (`timer::cookie`).
     periods: [u64; 256],
 }
@@ -215,6 +217,7 @@ impl Store {
                 modules,
                 history: History::new(history, monotonic_now_ns()),
                 spans: SpanTable::new(MAX_SPANS, MAX_SPAN_ENTRIES),
+                next_span_expiry_ns: 0,
                 periods: [period_ns; 256],
             }),
             drained: Condvar::new(),
@@ -491,6 +494,11 @@ impl Collector {
         }
         state.drained_through_ns = now;
         state.history.roll(now);
+        if now >= state.next_span_expiry_ns {
+            let horizon = now.saturating_sub(state.history.span_ns());
+            state.spans.expire(horizon);
+            state.next_span_expiry_ns = now + state.history.resolution_ns();
+        }
         self.counters.table_bytes.store(state.memory_bytes() as u64, Relaxed);
         drop(state);
         self.store.drained.notify_all();

@@ -102,14 +102,27 @@ impl Profiler {
     }
 
     /// The profile of the last `length` (ending `ago` before now) from the
-    /// history, answered at once. Fails if the history does not reach back
-    /// that far.
-    pub(crate) fn window(&self, length: Duration, ago: Duration, filter: &Filter) -> Result<Profile, WindowError> {
+    /// history, answered at once. With `Coverage::Partial`, a window reaching
+    /// back before the history began gets what the history has (the profile's
+    /// duration says how much); with `Coverage::Whole`, or when the window
+    /// lies entirely before the history, it fails.
+    pub(crate) fn window(
+        &self,
+        length: Duration,
+        ago: Duration,
+        filter: &Filter,
+        coverage: Coverage,
+    ) -> Result<Profile, WindowError> {
         let now = monotonic_now_ns();
         let to_ns = now.saturating_sub(ago.as_nanos() as u64);
         let from_ns = to_ns.saturating_sub(length.as_nanos() as u64);
         let reach = self.history_reach();
-        if ago + length > reach + self.config.history_resolution {
+        let slack = self.config.history_resolution;
+        let needed = match coverage {
+            Coverage::Whole => ago + length,
+            Coverage::Partial => ago,
+        };
+        if needed > reach + slack {
             return Err(WindowError::BeyondHistory { reach });
         }
         let (result, start_ns, end_ns) = self.store.window(from_ns, to_ns, filter);
@@ -327,6 +340,15 @@ pub(crate) struct SpanSummary {
     pub(crate) cpu_ns: u64,
     /// The hottest functions (by self time) and their share of `samples`.
     pub(crate) top_functions: Vec<(String, f64)>,
+}
+
+/// How much of a history window must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coverage {
+    /// All of it (the base of a comparison).
+    Whole,
+    /// Some of it: a young agent answers "the last hour" with what it has.
+    Partial,
 }
 
 /// Why a history window could not be served.

@@ -122,6 +122,14 @@ impl History {
         }
     }
 
+    pub(crate) fn span_ns(&self) -> u64 {
+        self.limits.span_ns
+    }
+
+    pub(crate) fn resolution_ns(&self) -> u64 {
+        self.limits.resolution_ns
+    }
+
     /// The oldest instant the history still covers.
     pub(crate) fn oldest_ns(&self) -> u64 {
         self.closed.front().map_or(self.open_start_ns, |b| b.start_ns)

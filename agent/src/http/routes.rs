@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::query::{self, Limits, ProfileQuery, Source};
 use super::{Endpoint, MAX_TARGET_BYTES, index};
 use crate::Profile;
-use crate::profiler::{CaptureError, WindowError};
+use crate::profiler::{CaptureError, Coverage, WindowError};
 use crate::render::flamegraph::Style;
 
 type Body = Full<Bytes>;
@@ -237,14 +237,23 @@ fn window(
             ),
         )
     };
-    let current = match endpoint.profiler.window(length, ago, filter) {
+    let current = match endpoint.profiler.window(length, ago, filter, Coverage::Partial) {
         Ok(profile) => profile,
-        Err(WindowError::BeyondHistory { reach }) => return beyond(reach, ago + length),
+        Err(WindowError::BeyondHistory { reach }) => return beyond(reach, ago),
+    };
+    let short_by = length.saturating_sub(current.duration());
+    let covered = if short_by > endpoint.profiler.config.history_resolution {
+        format!(
+            " (the history covers {})",
+            crate::duration::format(round_to_seconds(current.duration()))
+        )
+    } else {
+        String::new()
     };
     let describe = |ago: Duration| match ago.is_zero() {
-        true => format!("last {}", crate::duration::format(length)),
+        true => format!("last {}{covered}", crate::duration::format(length)),
         false => format!(
-            "{} ending {} ago",
+            "{} ending {} ago{covered}",
             crate::duration::format(length),
             crate::duration::format(ago)
         ),
@@ -253,7 +262,7 @@ fn window(
         return render(endpoint, &current, None, &describe(ago), format);
     };
     let base_ago = ago + base;
-    let before = match endpoint.profiler.window(length, base_ago, filter) {
+    let before = match endpoint.profiler.window(length, base_ago, filter, Coverage::Whole) {
         Ok(profile) => profile,
         Err(WindowError::BeyondHistory { reach }) => return beyond(reach, base_ago + length),
     };

@@ -264,7 +264,8 @@ impl Worker {
         let mut attributes = vec![
             KeyValue::new("profile.samples", summary.samples as i64),
             KeyValue::new("profile.self_samples", summary.self_samples as i64),
-            KeyValue::new("profile.cpu_time_ms", summary.cpu_ns as f64 / 1e6),
+            // Tenths of a millisecond: finer would be noise at any sampling rate.
+            KeyValue::new("profile.cpu_time_ms", (summary.cpu_ns as f64 / 1e5).round() / 10.0),
             KeyValue::new("profile.top_functions", top),
         ];
         if let Some(base) = &self.flamegraph_base {

@@ -108,6 +108,15 @@ impl SpanTable {
         }
     }
 
+    /// Forgets spans with no sample since `horizon_ns`: their flame graph
+    /// links would outlive everything else the agent remembers.
+    pub(crate) fn expire(&mut self, horizon_ns: u64) {
+        let before = self.spans.len();
+        self.spans.retain(|_, entry| entry.last_ns >= horizon_ns);
+        self.evicted += (before - self.spans.len()) as u64;
+        self.entries = self.spans.values().map(|e| e.aggregate.len()).sum();
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.spans.len()
     }
@@ -202,6 +211,16 @@ mod tests {
             3
         );
         assert!(table.trace_roots(8).next().is_none());
+    }
+
+    #[test]
+    fn old_spans_expire() {
+        let mut table = SpanTable::new(100, 10_000);
+        table.offer(&context(1, &[], 1), &obs(1, 100));
+        table.offer(&context(2, &[], 2), &obs(1, 500));
+        table.expire(300);
+        assert!(table.get(1).is_none());
+        assert!(table.get(2).is_some());
     }
 
     #[test]

@@ -83,6 +83,14 @@ fn flamegraph_and_folded_answer_from_history() {
 
     let pprof = service.get("/debug/pprof/profile?window=2s");
     assert_eq!(pprof.status, 200);
+
+    // A young agent answers "the last hour" with the history it has.
+    let hour = service.get("/debug/pprof/flamegraph?window=1h");
+    assert_eq!(hour.status, 200, "{}", hour.text());
+    assert!(
+        hour.text().contains("(the history covers"),
+        "the title says how much"
+    );
     service.stop();
 }
 
