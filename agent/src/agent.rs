@@ -120,10 +120,7 @@ impl Drop for Agent {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+sampling_platform! {
 mod running {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -422,11 +419,9 @@ mod running {
         }
     }
 }
+}
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+other_platforms! {
 mod running {
     use std::time::Duration;
 
@@ -466,6 +461,19 @@ mod running {
     impl Running {
         pub(super) fn stop(self) -> bool {
             match self {}
+        }
+    }
+}
+}
+
+other_platforms! {
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn start_reports_an_unsupported_platform() {
+            let error = crate::start().unwrap_err();
+            assert!(matches!(error, crate::Error::UnsupportedPlatform { .. }), "{error}");
+            assert!(error.to_string().contains("Linux on x86_64 and aarch64"));
         }
     }
 }

@@ -48,11 +48,32 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Items compiled only where sampling is supported: Linux on x86_64 and
-/// aarch64. The `cfg` is written once, here.
+/// aarch64. The `cfg` is written here and in [`other_platforms`] only.
+/// (`--cfg smolder_unsupported` compiles the unsupported build on a
+/// supported machine, which is how CI checks that it builds.)
 macro_rules! sampling_platform {
     ($($item:item)*) => {
         $(
-            #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64"),
+                not(smolder_unsupported)
+            ))]
+            $item
+        )*
+    };
+}
+
+/// Items compiled everywhere else: the stand-ins that report the platform as
+/// unsupported.
+macro_rules! other_platforms {
+    ($($item:item)*) => {
+        $(
+            #[cfg(not(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64"),
+                not(smolder_unsupported)
+            )))]
             $item
         )*
     };

@@ -277,6 +277,7 @@ impl<'a> Frame<'a> {
     }
 }
 
+sampling_platform! {
 /// Assembles a [`Profile`] from symbolised stacks.
 pub(crate) struct ProfileBuilder {
     profile: Profile,
@@ -393,4 +394,5 @@ impl ProfileBuilder {
     pub(crate) fn finish(self) -> Profile {
         self.profile
     }
+}
 }

@@ -11,21 +11,16 @@ pub(crate) mod context;
 pub(crate) mod finished;
 pub(crate) mod layer;
 pub(crate) mod processor;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-pub(crate) mod table;
+sampling_platform! {
+    pub(crate) mod table;
+}
 
 use context::SpanContext;
 
+sampling_platform! {
 /// Publishes the calling thread's current span (or none) for its samples.
 /// Does nothing while no agent runs, so that threads do not fill the
 /// registry for nothing.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) {
     use std::cell::Cell;
     thread_local! {
@@ -55,10 +50,9 @@ pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) {
         None => cell.clear(),
     }
 }
+}
 
-/// Without sampling, there is no one to publish to.
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-pub(crate) fn publish_for_current_thread(_context: Option<&SpanContext>) {}
+other_platforms! {
+    /// Without sampling, there is no one to publish to.
+    pub(crate) fn publish_for_current_thread(_context: Option<&SpanContext>) {}
+}
