@@ -192,6 +192,18 @@ mod running {
         super::RUNNING.store(false, std::sync::atomic::Ordering::Release);
     }
 
+    /// Hands the memory the agent just freed back to the system. glibc keeps
+    /// freed memory in its arenas (one per thread that allocated), so an
+    /// application that starts and stops agents would otherwise see its
+    /// resident size ratchet up with each agent it ever ran.
+    fn release_freed_memory() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases memory malloc does not use.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     /// How long a stopping agent waits for handlers still running.
     const HANDLER_DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -239,7 +251,12 @@ mod running {
                 accept_itimer_signals: engine_kind == crate::Engine::Setitimer,
                 itimer_rate_epoch: AtomicUsize::new(0),
                 method: config.unwinder,
-                buffer: SampleBuffer::new(config.buffer_records, config.max_depth),
+                buffer: SampleBuffer::new(config.buffer_records, config.max_depth).map_err(
+                    |source| Error::Os {
+                        operation: "mapping the sample buffer",
+                        source,
+                    },
+                )?,
                 tables: Published::new(Box::new(UnwindTables::new(&loaded, regions))),
                 scratch: ScratchPool::new(scratch_entries).map_err(|source| Error::Os {
                     operation: "mapping unwind scratch stacks",
@@ -415,6 +432,8 @@ mod running {
             }
             signal::retire();
             threads::registry().clear();
+            drop(self.profiler);
+            release_freed_memory();
             true
         }
     }

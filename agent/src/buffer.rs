@@ -19,6 +19,10 @@
 //! retries drops the sample and the caller counts the drop. Memory is fixed
 //! at construction: `capacity × (header + max_depth × 8)` bytes.
 
+use std::io;
+use std::ptr::NonNull;
+
+use crate::mapped::MappedWords;
 use crate::sync::{AtomicUsize, CachePadded, Ordering, UnsafeCell};
 
 /// The stack hit the depth limit: the root-most frames are missing.
@@ -46,13 +50,18 @@ pub(crate) struct Record {
     pub(crate) depth: usize,
     /// The span the thread was in, if any.
     pub(crate) span: crate::spans::context::SpanContext,
+    /// This record's `max_depth` words of the buffer's frame slab:
     /// `frames[0]` is the interrupted instruction pointer; the rest are
-    /// return addresses, innermost first. Allocated once, `max_depth` long.
-    pub(crate) frames: Box<[u64]>,
+    /// return addresses, innermost first.
+    frames: NonNull<u64>,
+    max_depth: usize,
 }
 
 impl Record {
-    fn new(max_depth: usize) -> Self {
+    /// # Safety
+    /// `frames` must point to `max_depth` words that outlive the record and
+    /// that no other record uses.
+    unsafe fn new(frames: NonNull<u64>, max_depth: usize) -> Self {
         Record {
             timestamp_ns: 0,
             tid: 0,
@@ -61,13 +70,23 @@ impl Record {
             flags: 0,
             depth: 0,
             span: crate::spans::context::SpanContext::NONE,
-            frames: vec![0; max_depth].into_boxed_slice(),
+            frames,
+            max_depth,
         }
+    }
+
+    /// All `max_depth` frame slots, for the handler to fill.
+    pub(crate) fn frames_mut(&mut self) -> &mut [u64] {
+        // SAFETY: per `new`, the words are this record's alone; `&mut self`
+        // makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.frames.as_ptr(), self.max_depth) }
     }
 
     /// The valid frames, innermost first.
     pub(crate) fn stack(&self) -> &[u64] {
-        &self.frames[..self.depth.min(self.frames.len())]
+        // SAFETY: per `new`; `&self` excludes writers.
+        let frames = unsafe { std::slice::from_raw_parts(self.frames.as_ptr(), self.max_depth) };
+        &frames[..self.depth.min(self.max_depth)]
     }
 }
 
@@ -90,6 +109,10 @@ pub(crate) enum ClaimError {
 /// The sample buffer. See the module docs for the protocol.
 pub(crate) struct SampleBuffer {
     slots: Box<[Slot]>,
+    /// Every record's frames, `max_depth` words each, in one mapping of its
+    /// own (the bulk of the buffer; see `crate::mapped` for why not `malloc`).
+    /// Only reached through the records.
+    _frames: MappedWords,
     mask: usize,
     max_depth: usize,
     /// Position the next producer claims. Only advanced by CAS.
@@ -111,21 +134,37 @@ const MAX_CLAIM_ATTEMPTS: usize = 16;
 
 impl SampleBuffer {
     /// A buffer of `capacity` records (a power of two) of `max_depth` frames.
-    pub(crate) fn new(capacity: usize, max_depth: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_depth: usize) -> io::Result<Self> {
         assert!(capacity.is_power_of_two(), "capacity must be a power of two");
+        let max_depth = max_depth.max(1);
+        let words = capacity
+            .checked_mul(max_depth)
+            .ok_or_else(|| io::Error::other("sample buffer size overflows"))?;
+        let frames = MappedWords::zeroed(words)?;
         let slots = (0..capacity)
-            .map(|i| Slot {
-                seq: AtomicUsize::new(i),
-                record: UnsafeCell::new(Record::new(max_depth)),
+            .map(|i| {
+                // SAFETY: slot `i` gets words `[i * max_depth, (i + 1) * max_depth)`,
+                // inside the slab (`capacity * max_depth` words) and disjoint
+                // from every other slot's; the slab lives in `self` as long as
+                // the slots.
+                let record = unsafe {
+                    let words = NonNull::new_unchecked(frames.as_mut_ptr().add(i * max_depth));
+                    Record::new(words, max_depth)
+                };
+                Slot {
+                    seq: AtomicUsize::new(i),
+                    record: UnsafeCell::new(record),
+                }
             })
             .collect();
-        SampleBuffer {
+        Ok(SampleBuffer {
             slots,
+            _frames: frames,
             mask: capacity - 1,
             max_depth,
             tail: CachePadded(AtomicUsize::new(0)),
             head: CachePadded(AtomicUsize::new(0)),
-        }
+        })
     }
 
     /// Bytes held by the buffer, headers and frame arrays included.
@@ -237,7 +276,7 @@ mod tests {
         writer.fill(|r| {
             r.tid = tid;
             r.depth = frames.len();
-            r.frames[..frames.len()].copy_from_slice(frames);
+            r.frames_mut()[..frames.len()].copy_from_slice(frames);
         });
         Ok(())
     }
@@ -249,7 +288,7 @@ mod tests {
 
     #[test]
     fn fifo_and_full_then_reusable() {
-        let buffer = SampleBuffer::new(4, 8);
+        let buffer = SampleBuffer::new(4, 8).unwrap();
         for tid in 0..4 {
             push(&buffer, tid, &[tid as u64, 7]).unwrap();
         }
@@ -266,7 +305,7 @@ mod tests {
 
     #[test]
     fn unpublished_slot_blocks_only_the_consumer() {
-        let buffer = SampleBuffer::new(4, 2);
+        let buffer = SampleBuffer::new(4, 2).unwrap();
         let writer = buffer.try_claim().unwrap();
         push(&buffer, 2, &[2]).unwrap();
         assert_eq!(pop(&buffer), None, "oldest slot is still being written");
@@ -278,7 +317,7 @@ mod tests {
     #[test]
     fn many_producers_one_consumer_lose_nothing_but_counted_drops() {
         use std::sync::Arc;
-        let buffer = Arc::new(SampleBuffer::new(64, 4));
+        let buffer = Arc::new(SampleBuffer::new(64, 4).unwrap());
         let producers: Vec<_> = (0..4)
             .map(|t| {
                 let buffer = Arc::clone(&buffer);
@@ -321,7 +360,7 @@ mod loom_tests {
         match buffer.try_claim() {
             Ok(mut writer) => {
                 writer.fill(|r| {
-                    r.frames[0] = value;
+                    r.frames_mut()[0] = value;
                     r.depth = 1;
                 });
                 true
@@ -335,7 +374,7 @@ mod loom_tests {
     #[test]
     fn two_producers_one_consumer() {
         loom::model(|| {
-            let buffer = Arc::new(SampleBuffer::new(2, 1));
+            let buffer = Arc::new(SampleBuffer::new(2, 1).unwrap());
             let handles: Vec<_> = (1..=2u64)
                 .map(|value| {
                     let buffer = buffer.clone();
@@ -344,12 +383,12 @@ mod loom_tests {
                 .collect();
             let mut seen = Vec::new();
             // SAFETY: this is the only consuming thread.
-            if let Some(v) = unsafe { buffer.pop_with(|r| r.frames[0]) } {
+            if let Some(v) = unsafe { buffer.pop_with(|r| r.stack()[0]) } {
                 seen.push(v);
             }
             let pushed: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             // SAFETY: as above.
-            while let Some(v) = unsafe { buffer.pop_with(|r| r.frames[0]) } {
+            while let Some(v) = unsafe { buffer.pop_with(|r| r.stack()[0]) } {
                 seen.push(v);
             }
             seen.sort_unstable();
@@ -362,7 +401,7 @@ mod loom_tests {
     #[test]
     fn full_buffer_drops_instead_of_overwriting() {
         loom::model(|| {
-            let buffer = Arc::new(SampleBuffer::new(2, 1));
+            let buffer = Arc::new(SampleBuffer::new(2, 1).unwrap());
             assert!(push(&buffer, 1));
             assert!(push(&buffer, 2));
             let producer = {
@@ -370,12 +409,12 @@ mod loom_tests {
                 thread::spawn(move || push(&buffer, 3))
             };
             // SAFETY: this is the only consuming thread.
-            let first = unsafe { buffer.pop_with(|r| r.frames[0]) };
+            let first = unsafe { buffer.pop_with(|r| r.stack()[0]) };
             let third_pushed = producer.join().unwrap();
             assert_eq!(first, Some(1));
             // SAFETY: as above.
             let rest: Vec<u64> =
-                std::iter::from_fn(|| unsafe { buffer.pop_with(|r| r.frames[0]) }).collect();
+                std::iter::from_fn(|| unsafe { buffer.pop_with(|r| r.stack()[0]) }).collect();
             if third_pushed {
                 assert_eq!(rest, vec![2, 3]);
             } else {

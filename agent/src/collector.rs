@@ -542,6 +542,12 @@ impl Collector {
             threads::registry().unregister(tid);
             self.names.remove(&tid);
         }
+        // Threads that registered themselves (on their first span) and ended
+        // before any listing saw them: free their slots too. A thread listed
+        // just now is alive; one that is not is checked directly, since it
+        // may have started after the listing.
+        let listing = &self.listing;
+        threads::registry().retain(|tid| listing.binary_search(&tid).is_ok() || threads::thread_cpu(tid).is_some());
         self.engine.track(&started, &exited);
 
         for tid in std::mem::take(&mut self.rename_pending) {

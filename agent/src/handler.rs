@@ -150,7 +150,7 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
     };
     // SAFETY: forwarded contract.
     let regs = unsafe { interrupted_regs(ucontext) };
-    writer.fill(|record| crate::arch::prefetch_for_write(&record.frames[..]));
+    writer.fill(|record| crate::arch::prefetch_for_write(record.frames_mut()));
     let stack_top = scratch.stack_top();
     let result = writer.fill(|record| {
         record.timestamp_ns = started_ns;
@@ -169,7 +169,7 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
                 tables: &tables,
                 regs: &regs,
                 caches,
-                frames: &mut record.frames[..],
+                frames: record.frames_mut(),
                 result: WalkResult { depth: 0, flags: 0 },
             };
             // SAFETY: the scratch stack is ours until `scratch` drops, and

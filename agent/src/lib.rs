@@ -46,9 +46,22 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Without sampling, the configuration, the profile model and the renderers
+// are still compiled (they are platform-independent, and tested there too),
+// but what would use them is not. Allow that, rather than scatter `cfg`s over
+// shared code.
+#![cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(smolder_unsupported)
+    )),
+    allow(dead_code, unused_imports)
+)]
 
 /// Items compiled only where sampling is supported: Linux on x86_64 and
-/// aarch64. The `cfg` is written here and in [`other_platforms`] only.
+/// aarch64. The `cfg` is written here, in [`other_platforms`] and in the
+/// dead-code allowance above only.
 /// (`--cfg smolder_unsupported` compiles the unsupported build on a
 /// supported machine, which is how CI checks that it builds.)
 macro_rules! sampling_platform {
@@ -97,6 +110,7 @@ sampling_platform! {
     mod gate;
     mod handler;
     mod http;
+    mod mapped;
     mod otlp;
     mod profiler;
     mod symbolize;

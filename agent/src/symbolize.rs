@@ -3,7 +3,7 @@
 //! Runs on its own agent thread ("smolder-symbols"), never in the handler
 //! and never on the collector (a first look at a large binary's symbols can
 //! take a while, and the collector must keep draining). Results are cached
-//! per address; the cache is cleared when the set of loaded modules changes.
+//! per address, for as long as the module they were found in stays loaded.
 //!
 //! [blazesym] reads ELF symbol tables and, where a module carries it, DWARF:
 //! Rust names come out demangled without the hash suffix, inlined functions
@@ -189,16 +189,20 @@ impl Drop for SymbolService {
     }
 }
 
-/// A symboliser for one batch of addresses.
+/// How long a blazesym symboliser is kept after its last use.
 ///
-/// Made afresh for each batch and dropped after it: blazesym keeps every
-/// file it parsed (and, for a binary with full debug info, its DWARF
-/// indexes) for the symboliser's lifetime, which would hold tens of
-/// megabytes for good. Our own per-address cache keeps what was learned, so
-/// a batch only parses the modules its new addresses are in. Split debug
-/// files (`/usr/lib/debug`) are not consulted, for the same reason: libc's
-/// alone costs over 30 MB to load.
-fn batch_symbolizer() -> Symbolizer {
+/// blazesym keeps every file it parsed (and, for a binary with full debug
+/// info, its DWARF indexes) for the symboliser's lifetime: tens of megabytes
+/// for a large binary. Holding it for good would make every agent that ever
+/// rendered a profile that much bigger; dropping it after each batch makes a
+/// burst of requests (a page of spans, say) parse the same DWARF again and
+/// again. So it lives while requests keep coming, and goes when they stop.
+/// Our own per-address cache keeps what was learned in either case.
+const SYMBOLIZER_IDLE: Duration = Duration::from_secs(20);
+
+/// A fresh symboliser. Split debug files (`/usr/lib/debug`) are not
+/// consulted, for the memory reason above: libc's alone costs over 30 MB.
+fn new_symbolizer() -> Symbolizer {
     Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
@@ -210,10 +214,27 @@ fn batch_symbolizer() -> Symbolizer {
 fn serve(inbox: mpsc::Receiver<Request>) {
     let mut cache: HashMap<u64, Arc<Resolved>> = HashMap::new();
     let mut cached_generation = None;
-    for request in inbox {
-        if cached_generation != Some(request.modules.generation) || cache.len() > MAX_CACHED_ADDRESSES {
+    let mut symbolizer: Option<Symbolizer> = None;
+    loop {
+        let request = match inbox.recv_timeout(SYMBOLIZER_IDLE) {
+            Ok(request) => request,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                symbolizer = None;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if cache.len() > MAX_CACHED_ADDRESSES {
             cache.clear();
-            cached_generation = Some(request.modules.generation);
+        }
+        if cached_generation != Some(request.modules.generation) {
+            // Keep what still holds: an address resolved inside a module
+            // that is still loaded the same way. (A library replaced at the
+            // same path is a new module here, and blazesym notices the new
+            // file by its inode and modification time.)
+            let modules = &request.modules;
+            cache.retain(|&address, resolved| resolved.module.as_ref() == modules.find(address));
+            cached_generation = Some(modules.generation);
         }
         let missing: Vec<u64> = request
             .addresses
@@ -224,8 +245,9 @@ fn serve(inbox: mpsc::Receiver<Request>) {
         let resolved = if missing.is_empty() {
             Vec::new()
         } else {
+            let symbolizer = symbolizer.get_or_insert_with(new_symbolizer);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                resolve_uncached(&batch_symbolizer(), &request.modules, &missing)
+                resolve_uncached(symbolizer, &request.modules, &missing)
             }))
             .unwrap_or_default()
         };

@@ -7,7 +7,11 @@
 //! agent's threads.
 //!
 //! The registry is an open-addressing hash table of kernel thread ids with a
-//! fixed capacity ([`MAX_THREADS`]). Each slot also holds the thread's
+//! fixed capacity ([`MAX_THREADS`]), probed at most [`MAX_PROBE`] slots from
+//! a thread's hash, so a lookup costs a few loads however full the table
+//! is. Threads register when the collector lists them or when they first
+//! enter a span; the collector removes those that have exited, including
+//! ones too short-lived to have been listed. Each slot also holds the thread's
 //! published span context (see `spans::context`), which the tracing layer
 //! writes and the handler reads. A thread that finds the table full is
 //! simply not registered: it is not sampled by the `setitimer` engine and its
@@ -22,6 +26,9 @@ use crate::sync::{AtomicBool, AtomicI32, Ordering};
 
 /// Threads the registry can hold at once.
 pub(crate) const MAX_THREADS: usize = 2048;
+
+/// Slots looked at from a thread's hash position, at most.
+pub(crate) const MAX_PROBE: usize = 64;
 
 const EMPTY: i32 = 0;
 /// A freed slot: lookups probe past it, registrations may reuse it.
@@ -85,7 +92,7 @@ impl ThreadRegistry {
         let n = self.slots.len();
         // Fibonacci hashing spreads sequential thread ids over the table.
         let start = ((tid as u32).wrapping_mul(0x9E37_79B9) as usize) % n;
-        (0..n).map(move |i| (start + i) % n)
+        (0..n.min(MAX_PROBE)).map(move |i| (start + i) % n)
     }
 
     fn lock_writers(&self) -> WritersGuard<'_> {
@@ -113,7 +120,7 @@ impl ThreadRegistry {
     /// The slot of `tid`, if registered.
     ///
     /// # Signal safety
-    /// Atomic loads only; visits each slot at most once (usually one).
+    /// Atomic loads only; at most [`MAX_PROBE`] of them (usually one).
     #[inline]
     pub(crate) fn find(&self, tid: i32) -> Option<usize> {
         for index in self.probe(tid) {
@@ -141,7 +148,8 @@ impl ThreadRegistry {
         &self.slots[index]
     }
 
-    /// Registers `tid`, returning its slot; `None` when the table is full.
+    /// Registers `tid`, returning its slot; `None` when no slot within
+    /// [`MAX_PROBE`] of its hash is free.
     pub(crate) fn register(&self, tid: i32) -> Option<usize> {
         let _guard = self.lock_writers();
         let mut free = None;
@@ -170,6 +178,20 @@ impl ThreadRegistry {
         if let Some(index) = self.find(tid) {
             self.slots[index].tid.store(FREED, Ordering::Relaxed);
         }
+    }
+
+    /// Removes every registered thread for which `alive` says no.
+    pub(crate) fn retain(&self, mut alive: impl FnMut(i32) -> bool) -> usize {
+        let _guard = self.lock_writers();
+        let mut removed = 0;
+        for slot in self.slots.iter() {
+            let tid = slot.tid.load(Ordering::Relaxed);
+            if tid > 0 && !alive(tid) {
+                slot.tid.store(FREED, Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Empties the table (an agent stopping).
@@ -266,6 +288,19 @@ mod tests {
         let slot = registry.register(13).unwrap();
         assert_eq!(registry.slot(slot).tid(), 13);
         assert_eq!(registry.find(13), Some(slot));
+    }
+
+    #[test]
+    fn dead_threads_are_reaped_and_their_slots_reused() {
+        let registry = ThreadRegistry::with_capacity(16);
+        for tid in 1..=16 {
+            assert!(registry.register(tid).is_some());
+        }
+        assert_eq!(registry.register(100), None, "full");
+        assert_eq!(registry.retain(|tid| tid % 2 == 0), 8);
+        assert!(registry.register(100).is_some());
+        assert!((2..=16).step_by(2).all(|tid| registry.contains(tid)));
+        assert!(!registry.contains(3));
     }
 
     #[test]

@@ -157,9 +157,10 @@ impl HttpServer {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(crate::threads::current_tid());
                     runtime.block_on(serve(listener, endpoint, shutdown));
-                    // Abandon blocking work still running (a long render);
-                    // its results have nowhere to go.
-                    runtime.shutdown_timeout(Duration::from_millis(500));
+                    // Do not wait for blocking work still running (a long
+                    // render): it finishes on its own thread, holding what it
+                    // needs, and its result goes nowhere.
+                    runtime.shutdown_background();
                 })
                 .map_err(|source| Error::Os {
                     operation: "spawning the HTTP thread",

@@ -36,10 +36,11 @@ use crate::arch::{InterruptedRegs, derive_compact_rule, exec_compact, unwind_reg
 use compact::{Cached, CompactRuleCache};
 use crate::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED};
 use crate::config::Unwinder;
+use crate::mapped::MappedBytes;
 use modules::LoadedModule;
 use regions::{StackBounds, StackRegions};
 
-pub(crate) type NativeUnwinder = framehop::UnwinderNative<Vec<u8>, MustNotAllocateDuringUnwind>;
+pub(crate) type NativeUnwinder = framehop::UnwinderNative<MappedBytes, MustNotAllocateDuringUnwind>;
 pub(crate) type NativeCache = framehop::CacheNative<MustNotAllocateDuringUnwind>;
 
 /// Everything a walk reads besides the stack itself; rebuilt by the collector

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use framehop::{ExplicitModuleSectionInfo, Module};
 
+use crate::mapped::MappedBytes;
+
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
@@ -41,7 +43,7 @@ pub(crate) struct LoadedModule {
     /// GNU build id, if the module carries one.
     pub(crate) build_id: Option<Vec<u8>>,
     /// Unwind data for framehop, `None` if the module has no `.eh_frame_hdr`.
-    pub(crate) unwind: Option<Arc<Module<Vec<u8>>>>,
+    pub(crate) unwind: Option<Arc<Module<MappedBytes>>>,
     /// Bytes of unwind data copied for this module.
     pub(crate) unwind_bytes: usize,
 }
@@ -184,9 +186,11 @@ unsafe fn describe(info: &libc::dl_phdr_info, known: &[LoadedModule]) -> Option<
 ///
 /// # Safety
 /// The range must be mapped and readable for the duration of the call.
-unsafe fn copy_mapped(avma: u64, len: usize) -> Vec<u8> {
+/// The copy lives in its own mapping (see `crate::mapped`); `None` if the
+/// system refuses one.
+unsafe fn copy_mapped(avma: u64, len: usize) -> Option<MappedBytes> {
     // SAFETY: per the contract.
-    unsafe { std::slice::from_raw_parts(avma as *const u8, len) }.to_vec()
+    MappedBytes::copy_of(unsafe { std::slice::from_raw_parts(avma as *const u8, len) }).ok()
 }
 
 /// Builds the framehop module from `.eh_frame_hdr` (found through
@@ -201,7 +205,7 @@ unsafe fn copy_unwind_data(
     headers: &[libc::Elf64_Phdr],
     loads: &[&libc::Elf64_Phdr],
     avma_range: &Range<u64>,
-) -> Option<(Module<Vec<u8>>, usize)> {
+) -> Option<(Module<MappedBytes>, usize)> {
     let hdr_header = headers.iter().find(|h| h.p_type == PT_GNU_EH_FRAME)?;
     let hdr_svma = hdr_header.p_vaddr..hdr_header.p_vaddr + hdr_header.p_memsz;
     let segment_end = |svma: u64| {
@@ -215,7 +219,7 @@ unsafe fn copy_unwind_data(
         return None;
     }
     // SAFETY: checked above to lie inside a loaded segment.
-    let eh_frame_hdr = unsafe { copy_mapped(bias + hdr_svma.start, hdr_header.p_memsz as usize) };
+    let eh_frame_hdr = unsafe { copy_mapped(bias + hdr_svma.start, hdr_header.p_memsz as usize) }?;
     let eh_frame_svma_start = decode_eh_frame_ptr(&eh_frame_hdr, hdr_svma.start)?;
     let limit = segment_end(eh_frame_svma_start)?;
     // SAFETY: `eh_frame_extent` reads only inside `[start, limit)`, a loaded segment.
@@ -224,7 +228,7 @@ unsafe fn copy_unwind_data(
         return None;
     }
     // SAFETY: as above.
-    let eh_frame = unsafe { copy_mapped(bias + eh_frame_svma_start, eh_frame_len) };
+    let eh_frame = unsafe { copy_mapped(bias + eh_frame_svma_start, eh_frame_len) }?;
     let text_svma = loads
         .iter()
         .find(|h| h.p_flags & PF_X != 0)
@@ -237,7 +241,15 @@ unsafe fn copy_unwind_data(
         eh_frame: Some(eh_frame),
         eh_frame_hdr_svma: Some(hdr_svma),
         eh_frame_hdr: Some(eh_frame_hdr),
-        ..Default::default()
+        // Spelled out: `..Default::default()` would need `MappedBytes: Default`.
+        text: None,
+        stubs_svma: None,
+        stub_helper_svma: None,
+        got_svma: None,
+        unwind_info: None,
+        debug_frame: None,
+        text_segment_svma: None,
+        text_segment: None,
     };
     Some((
         Module::new(name.to_owned(), avma_range.clone(), bias, section_info),
@@ -308,8 +320,9 @@ unsafe fn find_build_id(bias: u64, headers: &[libc::Elf64_Phdr]) -> Option<Vec<u
     let align4 = |n: usize| (n + 3) & !3;
     for note in headers.iter().filter(|h| h.p_type == PT_NOTE) {
         // SAFETY: note segments are loaded, hence mapped.
-        let bytes = unsafe { copy_mapped(bias + note.p_vaddr, note.p_memsz as usize) };
-        let mut rest = &bytes[..];
+        let bytes =
+            unsafe { std::slice::from_raw_parts((bias + note.p_vaddr) as *const u8, note.p_memsz as usize) };
+        let mut rest = bytes;
         while rest.len() >= 12 {
             let word = |i: usize| u32::from_le_bytes(rest[i * 4..i * 4 + 4].try_into().unwrap());
             let (name_size, desc_size, kind) = (word(0) as usize, word(1) as usize, word(2));

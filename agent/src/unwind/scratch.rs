@@ -13,6 +13,8 @@
 
 use std::io;
 
+use crate::mapped::Mapping;
+
 use super::WalkCaches;
 use crate::stats::SampleCounters;
 use crate::sync::{AtomicBool, Ordering, UnsafeCell};
@@ -123,55 +125,23 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// An anonymous mapping with an inaccessible guard page below it, so an
-/// overflow faults at once instead of corrupting a neighbour.
+/// A mapping with an inaccessible guard page below it, so an overflow
+/// faults at once instead of corrupting a neighbour.
 struct MappedStack {
-    base: *mut u8,
-    len: usize,
+    mapping: Mapping,
 }
 
 impl MappedStack {
     fn new(usable: usize) -> io::Result<Self> {
-        let len = usable + GUARD_BYTES;
-        // SAFETY: a fresh private anonymous mapping; no existing memory is
-        // affected.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the first page of the mapping we just created.
-        if unsafe { libc::mprotect(base, GUARD_BYTES, libc::PROT_NONE) } != 0 {
-            let error = io::Error::last_os_error();
-            // SAFETY: unmapping what we mapped above.
-            unsafe { libc::munmap(base, len) };
-            return Err(error);
-        }
-        Ok(MappedStack {
-            base: base.cast(),
-            len,
-        })
+        let mapping = Mapping::new(usable + GUARD_BYTES)?;
+        mapping.protect_start(GUARD_BYTES)?;
+        Ok(MappedStack { mapping })
     }
 
     fn top(&self) -> *mut u8 {
         // SAFETY: one past the end of our own mapping; page-aligned, hence
         // 16-byte aligned.
-        unsafe { self.base.add(self.len) }
-    }
-}
-
-impl Drop for MappedStack {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe a mapping this value created and owns.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        unsafe { self.mapping.as_ptr().add(self.mapping.len()) }
     }
 }
 

@@ -5,7 +5,8 @@
 //! traced own [--rounds N]          smolder's layer exports (OTLP endpoint from the environment)
 //! traced otel [--endpoint URL]     the user's tracing-opentelemetry pipeline exports, through
 //!                                  smolder::ProfilingSpanProcessor
-//! traced steady                    keeps tracing until stdin closes (for outage tests)
+//! traced steady                    keeps tracing until stdin closes, answering each
+//!                                   stdin line with rounds=N (for outage tests)
 //! ```
 //!
 //! Every mode prints `http_addr=` first, then `key=value` lines, and exits
@@ -164,30 +165,35 @@ fn otel(endpoint: &str) -> Result<()> {
     Ok(())
 }
 
-/// Traces requests until stdin closes, printing progress.
+/// Traces requests until stdin closes. Each line read from stdin is answered
+/// with `rounds=N`, the requests finished so far, so that a test can watch
+/// the host's work go on while it plays tricks on the exporter.
 fn steady() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     let agent = start_agent()?;
     tracing_subscriber::registry()
         .with(smolder::tracing_layer())
         .init();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let rounds = std::sync::Arc::new(AtomicU64::new(0));
     let worker = {
-        let stop = std::sync::Arc::clone(&stop);
+        let (stop, rounds) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&rounds));
         std::thread::spawn(move || {
-            let mut rounds = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let root = info_span!("request", rounds);
+            while !stop.load(Relaxed) {
+                let root = info_span!("request", rounds = rounds.load(Relaxed));
                 let _root = root.enter();
                 info_span!("cpu_heavy").in_scope(|| span_hot_function(Duration::from_millis(20)));
-                rounds += 1;
+                rounds.fetch_add(1, Relaxed);
             }
-            rounds
         })
     };
-    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = worker.join().map_err(|_| "worker panicked")?;
-    println!("rounds={rounds}");
+    for line in std::io::stdin().lines() {
+        line?;
+        println!("rounds={}", rounds.load(Relaxed));
+    }
+    stop.store(true, Relaxed);
+    worker.join().map_err(|_| "worker panicked")?;
+    println!("rounds={}", rounds.load(Relaxed));
     print_spans(&agent);
     Ok(())
 }

@@ -53,6 +53,19 @@ impl Traced {
         }
     }
 
+    /// Asks a `steady` fixture how many requests it has finished.
+    fn rounds(&mut self) -> u64 {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin).and_then(|()| stdin.flush()).unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix("rounds=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected answer {line:?}"))
+    }
+
     /// Closes stdin, waits, and returns the printed `key=value` lines.
     fn finish(mut self) -> HashMap<String, String> {
         drop(self.stdin.take());
@@ -247,7 +260,7 @@ fn export_survives_a_receiver_outage() {
     let receiver = Receiver::start();
     let addr = receiver.addr;
     let endpoint = receiver.endpoint();
-    let traced = Traced::start(
+    let mut traced = Traced::start(
         &["steady"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -257,7 +270,17 @@ fn export_survives_a_receiver_outage() {
     receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > 10);
     receiver.stop();
     // Down for a while: the host keeps working, exports fail and are counted.
+    let rounds = traced.rounds();
     std::thread::sleep(Duration::from_secs(3));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while traced.rounds() < rounds + 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = traced.rounds();
+    assert!(
+        now >= rounds + 5,
+        "the host's requests went on while the receiver was down: {rounds} -> {now}"
+    );
     let receiver = Receiver::start_on(addr);
     let spans = receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > 10);
     assert!(
@@ -265,10 +288,6 @@ fn export_survives_a_receiver_outage() {
         "spans flow again once the receiver is back"
     );
     let summary = traced.finish();
-    assert!(
-        summary["rounds"].parse::<u64>().unwrap() > 50,
-        "the host's work went on"
-    );
     assert!(
         summary["spans_export_failed"].parse::<u64>().unwrap() > 0,
         "failures are counted"
@@ -278,7 +297,7 @@ fn export_survives_a_receiver_outage() {
 #[test]
 fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     let receiver = Receiver::start();
-    let traced = Traced::start(
+    let mut traced = Traced::start(
         &["steady"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
@@ -287,20 +306,30 @@ fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     );
     receiver.wait_for(Duration::from_secs(30), |spans| !spans.is_empty());
     // Accepts connections and never answers, then refuses with 500 and 429.
+    // Under each, the exporter must keep trying and the host's requests
+    // must keep finishing. (Progress is awaited, not timed: CI machines are
+    // shared, and a blocked host makes none at all.)
     for behaviour in [
         Behaviour::Hang,
         Behaviour::Status(500),
         Behaviour::Status(429),
     ] {
         receiver.set(behaviour);
-        let requests = receiver.requests();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while receiver.requests() < requests + 2 && std::time::Instant::now() < deadline {
+        let (requests, rounds) = (receiver.requests(), traced.rounds());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while (receiver.requests() < requests + 2 || traced.rounds() < rounds + 5)
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(
             receiver.requests() >= requests + 2,
             "the exporter kept trying under {behaviour:?}"
+        );
+        let now = traced.rounds();
+        assert!(
+            now >= rounds + 5,
+            "the host's requests went on under {behaviour:?}: {rounds} -> {now}"
         );
     }
     receiver.set(Behaviour::Accept);
@@ -308,10 +337,6 @@ fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     let spans = receiver.wait_for(Duration::from_secs(30), |spans| spans.len() > before + 10);
     assert!(spans.len() > before + 10, "export resumed");
     let summary = traced.finish();
-    assert!(
-        summary["rounds"].parse::<u64>().unwrap() > 50,
-        "the host's work went on"
-    );
     assert!(summary["spans_export_failed"].parse::<u64>().unwrap() > 0);
 }
 
