@@ -7,6 +7,7 @@
 //! workload churn     --threads-total N --out DIR                 thousands of short threads
 //! workload dlopen    --out DIR                                   a library loaded after start
 //! workload lifecycle                                             start/stop/refusal behaviour
+//! workload stall     --out DIR                                   the collector stuck for 3 s
 //! workload serve     --shift-after S                             a service for the HTTP tests
 //! ```
 //!
@@ -32,6 +33,7 @@ fn main() -> Result<()> {
         "churn" => churn(&options),
         "dlopen" => dlopen(&options),
         "lifecycle" => lifecycle(),
+        "stall" => stall(&options),
         "serve" => serve(&options),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
@@ -485,6 +487,95 @@ fn lifecycle() -> Result<()> {
     };
     println!("foreign_handler_error={}", smolder::start().unwrap_err());
     println!("foreign_disposition={}", sigprof_disposition());
+    Ok(())
+}
+
+// === stall: the collector stuck behind the loader's lock ===
+
+/// Holds the dynamic loader's lock for `hold`, by sleeping inside a
+/// `dl_iterate_phdr` callback, as a slow library constructor or a host's own
+/// unwinder can. The agent's collector takes the same lock every cycle (to
+/// see libraries come and go), so it is stuck until this returns.
+fn hold_loader_lock(hold: Duration) {
+    unsafe extern "C" fn sleep_then_stop(
+        _info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Duration` passed below, alive for the call.
+        std::thread::sleep(unsafe { *data.cast::<Duration>() });
+        1 // stop after the first module
+    }
+    let mut hold = hold;
+    // SAFETY: the callback only reads `hold`, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(sleep_then_stop), (&raw mut hold).cast()) };
+}
+
+#[inline(never)]
+fn stall_burn(units: u64) -> u64 {
+    spin(units) ^ 0x57
+}
+
+/// Two threads burn CPU while the collector is stuck for 3 s: the buffer
+/// fills, the handler drops and counts, the host's threads go on. Then the
+/// collector resumes, catches up exactly, and profiles again.
+fn stall(options: &Options) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let out = options.out()?;
+    // A small buffer, so that it fills within the stall.
+    let agent = Agent::builder()
+        .frequency_hz(999)
+        .buffer_records(64)
+        .start()?;
+    let stop = AtomicBool::new(false);
+    let rounds = [AtomicU64::new(0), AtomicU64::new(0)];
+    let progress = || rounds.each_ref().map(|r| r.load(Relaxed));
+    std::thread::scope(|scope| -> Result<()> {
+        for (i, counter) in rounds.iter().enumerate() {
+            let stop = &stop;
+            std::thread::Builder::new()
+                .name(format!("burner-{i}"))
+                .spawn_scoped(scope, move || {
+                    while !stop.load(Relaxed) {
+                        std::hint::black_box(stall_burn(50));
+                        counter.fetch_add(1, Relaxed);
+                    }
+                })?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let before = (agent.stats(), progress());
+        let holder = std::thread::spawn(|| hold_loader_lock(Duration::from_secs(3)));
+        // The collector blocks at its next cycle, within 25 ms.
+        std::thread::sleep(Duration::from_millis(100));
+        let stuck = (agent.stats(), progress());
+        holder.join().map_err(|_| "the lock holder panicked")?;
+        let released = (agent.stats(), progress());
+        println!("buffer_records=64");
+        println!("collected_before={}", before.0.samples_collected);
+        println!("collected_stuck={}", stuck.0.samples_collected);
+        println!("collected_released={}", released.0.samples_collected);
+        println!("buffer_full_before={}", before.0.dropped.buffer_full);
+        println!("buffer_full_released={}", released.0.dropped.buffer_full);
+        for i in 0..2 {
+            println!("rounds_during_stall.{i}={}", released.1[i] - stuck.1[i]);
+        }
+        // Sampling goes on: a profile recorded now has the burners in it.
+        let profile = agent.record(Duration::from_millis(500))?;
+        save(&profile, &out)?;
+        stop.store(true, Relaxed);
+        Ok(())
+    })?;
+    // With nothing running, the collector must account for every sample the
+    // handler published: none lost in the jam.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stats = agent.stats();
+    while stats.samples_collected != stats.samples && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        stats = agent.stats();
+    }
+    println!("final_samples={}", stats.samples);
+    println!("final_collected={}", stats.samples_collected);
+    print_stats(&agent);
     Ok(())
 }
 

@@ -136,3 +136,37 @@ fn lifecycle_rules_hold() {
         "the other handler is left in place"
     );
 }
+
+#[test]
+fn a_stuck_collector_costs_the_host_nothing_and_loses_no_count() {
+    // The fixture holds the loader's lock for 3 s, which the collector needs
+    // every cycle: the agent's consumer is stuck, as it would be behind a
+    // slow library constructor.
+    let run = run("stall", "stall", &[], &[]);
+    assert!(
+        run.number("buffer_full_released") > run.number("buffer_full_before"),
+        "the buffer filled while the collector was stuck, so the test tested something"
+    );
+    for burner in 0..2 {
+        assert!(
+            run.number(&format!("rounds_during_stall.{burner}")) > 0.0,
+            "burner {burner} kept working while the buffer was full"
+        );
+    }
+    assert_eq!(
+        run.get("final_collected"),
+        run.get("final_samples"),
+        "every published sample was collected once the collector resumed"
+    );
+    let folded = parse_folded(&run.folded());
+    let burning: u64 = folded
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.ends_with("::stall_burn")))
+        .map(|(_, w)| w)
+        .sum();
+    let total: u64 = folded.iter().map(|(_, w)| w).sum();
+    assert!(
+        burning * 2 > total,
+        "sampling resumed: the burners are in the profile recorded after the stall ({burning} of {total})"
+    );
+}
