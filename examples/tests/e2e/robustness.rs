@@ -126,6 +126,11 @@ fn lifecycle_rules_hold() {
         run.number("restarted_samples") > 100.0,
         "a restarted agent samples again"
     );
+    assert_eq!(
+        run.get("forked_child"),
+        "exited-0",
+        "a child forked from a sampled process starts its own agent and profiles itself"
+    );
     assert!(
         run.get("foreign_handler_error")
             .contains("another SIGPROF handler")
