@@ -14,10 +14,18 @@
 //! 3. **Memory** ([`memory`]): resident memory the agent adds at defaults,
 //!    before and after a capture, and its own account of it; the `pprof`
 //!    crate's beside it.
+//! 4. **Render** ([`render`]): the HTTP endpoint's flame-graph route over
+//!    real TCP for a 100 000-sample, 5 000-stack window of history, and the
+//!    memory 15 minutes of that history needs.
+//! 5. **Impact** ([`impact`]): the demo shop under `wrk` with the agent off,
+//!    at 99 and 999 Hz, and while flame graphs are fetched: throughput and
+//!    latency ratios, CPU per request.
 //!
 //! ```text
-//! cargo run --release -p smolder-benches                # everything (~2.5 min)
+//! cargo run --release -p smolder-benches                # cost, accounting, memory, render
 //! cargo run --release -p smolder-benches -- cost        # one section
+//! cargo run --release -p smolder-benches -- impact      # needs wrk (apt-get install -y wrk)
+//! cargo run --release -p smolder-benches -- all         # all five
 //! cargo run --release -p smolder-benches -- --rounds 3  # fewer rounds
 //! ```
 //!
@@ -25,7 +33,8 @@
 //! itself, see [`child`]): the three handlers each claim `SIGPROF` for the
 //! whole process, and only one Smolder agent may run per process. Rounds
 //! alternate the order of the children and the tables give medians, since
-//! the machine is a shared VM.
+//! the machine is a shared VM. The impact section's children are the demo
+//! and `wrk` themselves.
 //!
 //! The harness reports, and sets each figure beside its target, but it
 //! exits non-zero only when a measurement could not be made or cannot be
@@ -38,7 +47,10 @@
 mod accounting;
 mod child;
 mod cost;
+mod http;
+mod impact;
 mod memory;
+mod render;
 mod sys;
 
 use std::process::ExitCode;
@@ -54,20 +66,35 @@ const TARGET_COST_VS_PPROF: f64 = 1.0 / 3.0;
 const TARGET_ACCOUNTING: f64 = 0.03;
 /// Agent memory at defaults, in bytes (8 MiB).
 const TARGET_MEMORY_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
+/// Flame graph of a 100 000-sample, 5 000-stack window, in milliseconds.
+const TARGET_RENDER_MS: f64 = 200.0;
+/// Demo throughput with the agent at 99 Hz, as a fraction of without.
+const TARGET_THROUGHPUT: f64 = 0.99;
+/// Demo p99 latency with the agent at 99 Hz, as a multiple of without.
+const TARGET_P99: f64 = 1.02;
 
 /// What to run, from the command line.
 struct Options {
     cost: bool,
     accounting: bool,
     memory: bool,
+    render: bool,
+    impact: bool,
     cost_rounds: usize,
     accounting_rounds: usize,
+    impact_rounds: usize,
+    impact_seconds: u64,
+    full_history: bool,
 }
 
-const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory]... [--rounds N]\n\
+const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact]... \
+    [--rounds N] [--seconds S] [--full-history]\n\
     \n\
-    Runs the chosen sections (default: all). --rounds sets the rounds of the\n\
-    cost section (default 7) and of the accounting section (default 3).\n\
+    Runs the chosen sections (default: cost, accounting, memory and render;\n\
+    `all` adds impact, which needs wrk). --rounds sets the rounds of the cost\n\
+    (default 7), accounting (3) and impact (5) sections; --seconds the length\n\
+    of each measured impact slice (default 8). --full-history adds a\n\
+    16-minute run to the render section: 15 minutes of history, measured.\n\
     (`smolder-benches child ...` is internal: one measurement in a fresh process.)";
 
 impl Options {
@@ -76,36 +103,56 @@ impl Options {
             cost: false,
             accounting: false,
             memory: false,
+            render: false,
+            impact: false,
             cost_rounds: 7,
             accounting_rounds: 3,
+            impact_rounds: 5,
+            impact_seconds: 8,
+            full_history: false,
         };
         let mut args = args.iter();
+        let positive = |args: &mut std::slice::Iter<'_, String>| {
+            args.next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| HarnessError(USAGE.into()))
+        };
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "all" => {
                     options.cost = true;
                     options.accounting = true;
                     options.memory = true;
+                    options.render = true;
+                    options.impact = true;
                 }
                 "cost" => options.cost = true,
                 "accounting" => options.accounting = true,
                 "memory" => options.memory = true,
+                "render" => options.render = true,
+                "impact" => options.impact = true,
                 "--rounds" => {
-                    let rounds = args
-                        .next()
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| HarnessError(USAGE.into()))?;
+                    let rounds = positive(&mut args)?;
                     options.cost_rounds = rounds;
                     options.accounting_rounds = rounds;
+                    options.impact_rounds = rounds;
                 }
+                "--seconds" => options.impact_seconds = positive(&mut args)? as u64,
+                "--full-history" => options.full_history = true,
                 _ => return child::fail(USAGE),
             }
         }
-        if !(options.cost || options.accounting || options.memory) {
+        if !(options.cost
+            || options.accounting
+            || options.memory
+            || options.render
+            || options.impact)
+        {
             options.cost = true;
             options.accounting = true;
             options.memory = true;
+            options.render = true;
         }
         Ok(options)
     }
@@ -130,11 +177,12 @@ fn main() -> ExitCode {
 fn run_child(args: &[String]) -> Result<(), HarnessError> {
     let (section, rest) = args
         .split_first()
-        .ok_or_else(|| HarnessError("usage: child cost|accounting|memory ...".into()))?;
+        .ok_or_else(|| HarnessError("usage: child cost|accounting|memory|render ...".into()))?;
     let fields = match section.as_str() {
         "cost" => cost::child(rest)?,
         "accounting" => accounting::child(rest)?,
         "memory" => memory::child(rest)?,
+        "render" => render::child(rest)?,
         other => return child::fail(format!("unknown child section `{other}`")),
     };
     fields.emit();
@@ -199,6 +247,27 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
     } else {
         None
     };
+    let render = if options.render {
+        eprintln!("render...");
+        Some(render::run(options.full_history)?.print()?)
+    } else {
+        None
+    };
+    let impact = if options.impact {
+        eprintln!(
+            "impact ({} rounds x {} s)...",
+            options.impact_rounds, options.impact_seconds
+        );
+        Some(
+            impact::run(impact::ImpactOptions {
+                rounds: options.impact_rounds,
+                seconds: options.impact_seconds,
+            })?
+            .print()?,
+        )
+    } else {
+        None
+    };
 
     println!("\n## Targets");
     println!("| target | measured | verdict |");
@@ -252,6 +321,63 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
             );
         }
     }
+    if let Some(r) = render {
+        println!(
+            "| flame graph of a 100 000-sample, 5 000-stack window <= {TARGET_RENDER_MS:.0} ms | \
+             window of {} samples, {} stacks; first request {:.0} ms (cold symbol cache) | {} |",
+            r.samples,
+            r.stacks,
+            r.cold_ms,
+            verdict(r.cold_ms <= TARGET_RENDER_MS)
+        );
+        if let Some(cold) = r.cold_no_debug_info_ms {
+            println!(
+                "| ... first request without detached debug info (/usr/lib/debug hidden) | {cold:.0} \
+                 ms | {} |",
+                verdict(cold <= TARGET_RENDER_MS)
+            );
+        }
+        println!(
+            "| ... later requests (symbols cached) | median {:.0} ms, max {:.0} ms | {} |",
+            r.warm_median_ms,
+            r.warm_max_ms,
+            verdict(r.warm_max_ms <= TARGET_RENDER_MS)
+        );
+        // The issue asks for this figure, not for a bound on it: the byte
+        // budget is the bound, and a heavier load shortens the reach instead
+        // of growing memory (docs/architecture.md, "History").
+        println!(
+            "| memory held by 15 minutes of that load's history (999 Hz; at most \
+             {:.1} MiB at the default 99 Hz) | {:.2} MiB; the default {} MiB budget reaches \
+             {:.1} min | reported |",
+            render::history_bound_at_default_hz() / 1048576.0,
+            r.history_bytes_15m / 1048576.0,
+            render::HISTORY_BYTES >> 20,
+            r.reach.as_secs_f64() / 60.0,
+        );
+    }
+    if let Some(i) = impact {
+        println!(
+            "| demo throughput at 99 Hz >= {:.0} % of without the agent | {:.1} % (ratio of \
+             medians), {:.1} % (paired by round) | {} |",
+            TARGET_THROUGHPUT * 100.0,
+            i.throughput.0 * 100.0,
+            i.throughput.1 * 100.0,
+            verdict(i.throughput.0.min(i.throughput.1) >= TARGET_THROUGHPUT)
+        );
+        println!(
+            "| demo p99 latency at 99 Hz within {:.0} % of without | {:+.1} % (ratio of medians), \
+             {:+.1} % (paired) | {} |",
+            (TARGET_P99 - 1.0) * 100.0,
+            (i.p99.0 - 1.0) * 100.0,
+            (i.p99.1 - 1.0) * 100.0,
+            verdict(i.p99.0.max(i.p99.1) <= TARGET_P99)
+        );
+        println!(
+            "| (for reading the two above) demo CPU per request at 99 Hz | {:+.1} % | - |",
+            (i.cpu_per_request - 1.0) * 100.0
+        );
+    }
     println!(
         "\n(harness ran {:.0} s; load average at the end: {})",
         started.elapsed().as_secs_f64(),
@@ -271,12 +397,19 @@ mod tests {
     #[test]
     fn no_section_means_all_and_rounds_apply_to_both() {
         let options = parse(&[]).unwrap();
-        assert!(options.cost && options.accounting && options.memory);
+        assert!(options.cost && options.accounting && options.memory && options.render);
+        assert!(!options.impact && !options.full_history);
         assert_eq!((options.cost_rounds, options.accounting_rounds), (7, 3));
+        assert_eq!((options.impact_rounds, options.impact_seconds), (5, 8));
         let options = parse(&["memory", "--rounds", "2"]).unwrap();
-        assert!(!options.cost && !options.accounting && options.memory);
+        assert!(!options.cost && !options.accounting && options.memory && !options.render);
         assert_eq!((options.cost_rounds, options.accounting_rounds), (2, 2));
+        assert_eq!(options.impact_rounds, 2);
+        let options = parse(&["all", "--seconds", "20", "--full-history"]).unwrap();
+        assert!(options.impact && options.render && options.full_history);
+        assert_eq!(options.impact_seconds, 20);
         assert!(parse(&["--rounds", "0"]).is_err());
+        assert!(parse(&["--seconds"]).is_err());
         assert!(parse(&["bogus"]).is_err());
     }
 }

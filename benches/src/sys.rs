@@ -1,6 +1,8 @@
 //! The few operating-system calls the harness makes itself: installing the
 //! empty `SIGPROF` handler (the floor), sending `SIGPROF` to the calling
-//! thread, reading a thread's CPU clock, and reading `/proc/self/status`.
+//! thread, reading a thread's CPU clock, reading `/proc/self/status` and
+//! `/proc/<pid>/stat`, pinning threads to CPUs and signalling the processes
+//! the harness started.
 //!
 //! Every `unsafe` block in the harness lives here, so the measuring code
 //! reads as plain Rust.
@@ -181,6 +183,109 @@ pub fn hide_detached_debug_info() -> io::Result<()> {
     })
 }
 
+/// A set of CPUs a thread may run on (`sched_setaffinity`).
+#[derive(Clone, Copy)]
+pub struct Affinity(libc::cpu_set_t);
+
+impl Affinity {
+    /// The calling thread's current set.
+    pub fn of_current_thread() -> io::Result<Affinity> {
+        // SAFETY: all-zero is a valid (empty) `cpu_set_t`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; the size and pointer describe
+        // a set we own.
+        let status =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if status != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Affinity(set))
+    }
+
+    /// Only `cpu`.
+    pub fn only(cpu: usize) -> Affinity {
+        // SAFETY: all-zero is a valid (empty) `cpu_set_t`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU_SET bounds-checks `cpu` against the set's size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        Affinity(set)
+    }
+
+    /// The CPUs in the set, in ascending order.
+    pub fn cpus(&self) -> Vec<usize> {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: CPU_ISSET bounds-checks the index against the set.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &self.0) })
+            .collect()
+    }
+
+    /// Binds the calling thread (and the threads and processes it starts
+    /// afterwards, which inherit it) to this set.
+    pub fn apply_to_current_thread(&self) -> io::Result<()> {
+        // SAFETY: pid 0 is the calling thread; the size and pointer describe
+        // a set we own.
+        let status =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        if status != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Sends `signal` to process `pid` (one the harness started).
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers; the caller names its own child.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Clock ticks per second, the unit of the CPU times in `/proc/*/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// User + system CPU time, in clock ticks, from the text of a
+/// `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` file (fields 14 and
+/// 15; the command name before them may contain spaces and parentheses).
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 (state) on; utime and stime are fields 14 and 15.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks used so far by process `pid`, all threads together, and by
+/// those of its threads whose name starts with `prefix`.
+pub fn process_cpu_ticks(pid: u32, prefix: &str) -> io::Result<(u64, u64)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat");
+    let total =
+        stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?).ok_or_else(bad)?;
+    let mut matching = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        // A thread may end between listing and reading: skip it.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        if comm.starts_with(prefix) {
+            matching += stat_cpu_ticks(&stat).ok_or_else(bad)?;
+        }
+    }
+    Ok((total, matching))
+}
+
 /// Resident-memory figures of this process, in KiB, from `/proc/self/status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rss {
@@ -234,6 +339,35 @@ mod tests {
             }
         );
         assert_eq!(Rss::parse("VmRSSX: 5 kB\n").total_kib, 0);
+    }
+
+    #[test]
+    fn stat_cpu_ticks_skips_odd_command_names() {
+        let stat = "1234 (tokio (rt) 1) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9";
+        assert_eq!(stat_cpu_ticks(stat), Some(281));
+        assert_eq!(stat_cpu_ticks("1234 (x) S 1"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_of_named_threads() {
+        let burner = std::thread::Builder::new()
+            .name("probe-burner".into())
+            .spawn(|| {
+                let until = std::time::Instant::now() + Duration::from_millis(80);
+                let mut x = 0u64;
+                while std::time::Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                x
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let (total, burnt) = process_cpu_ticks(std::process::id(), "probe-burn").unwrap();
+        let (_, none) = process_cpu_ticks(std::process::id(), "no-such-thread").unwrap();
+        burner.join().unwrap();
+        assert!(burnt > 0 && total >= burnt, "{burnt} of {total}");
+        assert_eq!(none, 0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod client;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,13 +43,21 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use crate::config::{OtlpProtocol, OtlpSettings};
 use crate::handler::monotonic_now_ns;
 use crate::profiler::{Profiler, SpanSummary};
-use crate::spans::finished::{self, FinishedSpan, Pending};
+use crate::spans::finished::{self, FinishedSpan, Pending, QUEUE_CAPACITY};
 use crate::{Error, threads};
 
-/// Spans sent in one export request, at most.
+/// Spans sent in one export request, at most (the OpenTelemetry SDK's
+/// default batch size).
 const MAX_BATCH: usize = 512;
-/// How long spans wait to be batched.
-const BATCH_DELAY: Duration = Duration::from_millis(200);
+/// How long a span waits for others to share its export request: short, so
+/// a trace shows up in the viewer about a second after it ends.
+const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// How often the worker takes what the queue holds. It polls rather than
+/// blocking on the queue so that a host thread closing a span never has a
+/// sleeping receiver to wake: its hand-off stays a store into the channel,
+/// with no futex call and no context switch. At [`QUEUE_CAPACITY`] spans a
+/// tick, this drains 40 000 spans a second.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// Counters reported in stats.
 #[derive(Default)]
@@ -140,26 +148,26 @@ impl Worker {
                 None
             }
         });
-        let mut batch = Vec::new();
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut oldest = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match inbox.recv_timeout(BATCH_DELAY) {
-                Ok(pending) => batch.push(pending),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            std::thread::sleep(DRAIN_EVERY);
+            let was_empty = batch.is_empty();
+            let disconnected = drain(&inbox, &mut batch);
+            if was_empty && !batch.is_empty() {
+                oldest = Instant::now();
             }
-            // Take whatever else is queued, then handle the batch.
-            let deadline = Instant::now() + BATCH_DELAY;
-            while batch.len() < MAX_BATCH && Instant::now() < deadline {
-                match inbox.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
+            let due = batch.len() >= MAX_BATCH || oldest.elapsed() >= BATCH_DELAY || disconnected;
+            if due && !batch.is_empty() {
+                // One request per MAX_BATCH spans, all enriched after one
+                // wait for the collector.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.handle(std::mem::take(&mut batch), exporter.as_mut())
                 }));
                 batch.clear();
+            }
+            if disconnected {
+                break;
             }
         }
     }
@@ -231,28 +239,39 @@ impl Worker {
                 }
             }
         }
-        if let (Some(exporter), false) = (exporter, export.is_empty()) {
-            let count = export.len() as u64;
-            let result = exporter.runtime.block_on(async {
-                tokio::time::timeout(exporter.timeout + Duration::from_secs(1), exporter.exporter.export(export)).await
-            });
-            match result {
-                Ok(Ok(())) => {
-                    self.counters.exported.fetch_add(count, Ordering::Relaxed);
-                    self.counters.last_export_ok.store(true, Ordering::Relaxed);
-                }
-                _ => {
-                    self.counters.export_failed.fetch_add(count, Ordering::Relaxed);
-                    self.counters.last_export_ok.store(false, Ordering::Relaxed);
-                }
+        if let Some(exporter) = exporter {
+            let mut export = export.into_iter().peekable();
+            while export.peek().is_some() {
+                let request: Vec<SpanData> = export.by_ref().take(MAX_BATCH).collect();
+                self.send(exporter, request);
+            }
+        }
+    }
+
+    /// One export request; a failure counts its spans and is not retried
+    /// (the next batch is the retry: spans keep coming).
+    fn send(&self, exporter: &mut Exporter, spans: Vec<SpanData>) {
+        let count = spans.len() as u64;
+        let result = exporter.runtime.block_on(async {
+            tokio::time::timeout(exporter.timeout + Duration::from_secs(1), exporter.exporter.export(spans)).await
+        });
+        match result {
+            Ok(Ok(())) => {
+                self.counters.exported.fetch_add(count, Ordering::Relaxed);
+                self.counters.last_export_ok.store(true, Ordering::Relaxed);
+            }
+            _ => {
+                self.counters.export_failed.fetch_add(count, Ordering::Relaxed);
+                self.counters.last_export_ok.store(false, Ordering::Relaxed);
             }
         }
     }
 
     /// The profile attributes of one span.
     fn attributes(&self, summary: &SpanSummary, trace_id: u128, span_id: u64) -> Vec<KeyValue> {
-        let top = if summary.top_functions.is_empty() {
-            "no CPU samples".to_owned()
+        let top: opentelemetry::Value = if summary.top_functions.is_empty() {
+            // Most spans: a static string, not an allocation per span.
+            "no CPU samples".into()
         } else {
             summary
                 .top_functions
@@ -260,6 +279,7 @@ impl Worker {
                 .map(|(function, share)| format!("{function} {share:.1}%"))
                 .collect::<Vec<_>>()
                 .join(", ")
+                .into()
         };
         let mut attributes = vec![
             KeyValue::new("profile.samples", summary.samples as i64),
@@ -308,6 +328,20 @@ impl Worker {
                 .build(),
         }
     }
+}
+
+/// Moves what the queue holds into `batch`, up to [`QUEUE_CAPACITY`] spans
+/// in all, so that spans held here and in the queue stay within twice its
+/// bound. True once the layer side is gone.
+fn drain(inbox: &Receiver<Pending>, batch: &mut Vec<Pending>) -> bool {
+    while batch.len() < QUEUE_CAPACITY {
+        match inbox.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => return true,
+        }
+    }
+    false
 }
 
 /// An HTTP endpoint given without a path gets the traces path, as
