@@ -320,6 +320,12 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
                 verdict(bytes <= TARGET_MEMORY_BYTES)
             );
         }
+        println!(
+            "| agent memory <= 8 MiB at defaults, idle 25 s after the captures (symboliser \
+             released) | RSS +{:.2} MiB | {} |",
+            mib(m.idle_delta_bytes),
+            verdict(m.idle_delta_bytes <= TARGET_MEMORY_BYTES)
+        );
     }
     if let Some(r) = render {
         println!(

@@ -75,7 +75,12 @@ fn work(stop: &AtomicBool, seed: u64) -> u64 {
 }
 
 /// RSS readings, in order, by name.
-const STAGES: [&str; 5] = ["base", "running", "captured", "retained", "second"];
+const STAGES: [&str; 6] = ["base", "running", "captured", "retained", "second", "idle"];
+
+/// How long the last reading waits after the second capture: longer than the
+/// agent keeps its symboliser (and the debug info it parsed) without a
+/// request, 20 s.
+const IDLE: Duration = Duration::from_secs(25);
 
 /// The flag that runs a child with detached debug info hidden.
 const NO_DEBUG_INFO: &str = "--no-debug-info";
@@ -122,6 +127,9 @@ pub fn child(args: &[String]) -> Result<Fields, HarnessError> {
             drop(agent.record(CAPTURE)?);
             sys::release_free_heap();
             rss.push(Rss::read()?);
+            std::thread::sleep(IDLE);
+            sys::release_free_heap();
+            rss.push(Rss::read()?);
             let stats = agent.stats();
             fields
                 .put("memory_bytes", stats.memory_bytes)
@@ -147,6 +155,9 @@ pub fn child(args: &[String]) -> Result<Fields, HarnessError> {
             rss.push(Rss::read()?);
             std::thread::sleep(CAPTURE);
             drop(guard.report().build()?);
+            sys::release_free_heap();
+            rss.push(Rss::read()?);
+            std::thread::sleep(IDLE);
             sys::release_free_heap();
             rss.push(Rss::read()?);
         }
@@ -216,6 +227,9 @@ pub struct MemorySummary {
     pub retained_delta_bytes: f64,
     /// The same with `/usr/lib/debug` hidden, when that could be done.
     pub retained_no_debug_info_bytes: Option<f64>,
+    /// VmRSS once the agent has been idle longer than it keeps its
+    /// symboliser, minus the baseline.
+    pub idle_delta_bytes: f64,
     /// The agent's own account.
     pub memory_bytes: f64,
 }
@@ -242,16 +256,17 @@ impl MemoryResults {
         println!(
             "| profiler | VmRSS before | running {} s (delta) | after a {} s capture (delta) \
              | retained: profile dropped, heap trimmed (delta; anon / file) | after a 2nd capture \
-             (delta) | own account | stacks / samples in capture |",
+             (delta) | {} s later, idle (delta) | own account | stacks / samples in capture |",
             RUN.as_secs(),
-            CAPTURE.as_secs()
+            CAPTURE.as_secs(),
+            IDLE.as_secs()
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (label, result) in &self.rows {
             let f = match result {
                 Ok(fields) => fields,
                 Err(error) => {
-                    println!("| {label} | skipped: {error} | | | | | | |");
+                    println!("| {label} | skipped: {error} | | | | | | | |");
                     continue;
                 }
             };
@@ -266,7 +281,7 @@ impl MemoryResults {
                 .num("memory_bytes")
                 .map_or_else(|_| "-".to_owned(), |bytes| mib(bytes / 1024.0));
             println!(
-                "| {label} | {} | {} | {} | {}; {} / {} | {} | {own} | {} / {} |",
+                "| {label} | {} | {} | {} | {}; {} / {} | {} | {} | {own} | {} / {} |",
                 mib(base),
                 at("running")?,
                 at("captured")?,
@@ -274,6 +289,7 @@ impl MemoryResults {
                 mib(anon),
                 mib(file),
                 at("second")?,
+                at("idle")?,
                 f.text("stacks")?,
                 f.text("samples")?,
             );
@@ -288,6 +304,7 @@ impl MemoryResults {
                 Ok(f) => Some(delta(f, "retained")?),
                 Err(_) => None,
             },
+            idle_delta_bytes: delta(smolder, "idle")?,
             memory_bytes: smolder.num("memory_bytes")?,
         };
         println!(
