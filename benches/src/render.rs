@@ -652,6 +652,14 @@ impl RenderResults {
                 "the window held {samples} samples, fewer than the {TARGET_SAMPLES} asked for"
             ));
         }
+        // About 20 samples a path: every path should appear, give or take
+        // the few that sampling misses and the stacks caught on the way down.
+        let stacks = f.num("folded_stacks")?;
+        if stacks < f64::from(PATHS) * 0.95 {
+            return fail(format!(
+                "the window held {stacks} distinct stacks, not the {PATHS} the load walks"
+            ));
+        }
         println!(
             "\nThe first request symbolises every address in the window (the symbol cache is \
              cold); later ones find them cached. `folded` does the same work except drawing the \
