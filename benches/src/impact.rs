@@ -93,23 +93,34 @@ pub struct Variant {
     pub label: &'static str,
     /// Environment on top of the common one.
     pub env: &'static [(&'static str, &'static str)],
+    /// Demo arguments on top of the common ones.
+    pub args: &'static [&'static str],
+    /// The variant this one's ratios are to (its own index for a baseline).
+    pub baseline: usize,
     /// Whether the agent runs (and has an endpoint to ask for stats).
     pub agent: bool,
     /// Whether a client fetches flame graphs back to back during the slice.
     pub render_loop: bool,
 }
 
-/// The variants, "off" first: every ratio is to it.
-pub const VARIANTS: [Variant; 5] = [
+/// The variants. Two baselines: "off" (index 0), to which the agent's own
+/// span export is compared, and "off, SDK" (index [`SDK_OFF`]), a service
+/// that already exports its spans through the OpenTelemetry SDK, to which the
+/// same service with the agent in that pipeline is compared.
+pub const VARIANTS: [Variant; 7] = [
     Variant {
         label: "off (`SMOLDER_ENABLED=false`)",
         env: &[("SMOLDER_ENABLED", "false")],
+        args: &[],
+        baseline: 0,
         agent: false,
         render_loop: false,
     },
     Variant {
         label: "99 Hz",
         env: &[("SMOLDER_FREQUENCY_HZ", "99")],
+        args: &[],
+        baseline: 0,
         agent: true,
         render_loop: false,
     },
@@ -119,22 +130,53 @@ pub const VARIANTS: [Variant; 5] = [
             ("SMOLDER_FREQUENCY_HZ", "99"),
             ("OTEL_TRACES_EXPORTER", "none"),
         ],
+        args: &[],
+        baseline: 0,
         agent: true,
         render_loop: false,
     },
     Variant {
         label: "999 Hz",
         env: &[("SMOLDER_FREQUENCY_HZ", "999")],
+        args: &[],
+        baseline: 0,
         agent: true,
         render_loop: false,
     },
     Variant {
         label: "99 Hz, flame graphs fetched back to back",
         env: &[("SMOLDER_FREQUENCY_HZ", "99")],
+        args: &[],
+        baseline: 0,
         agent: true,
         render_loop: true,
     },
+    Variant {
+        label: "off, spans exported by the OpenTelemetry SDK (`--otel-sdk`)",
+        env: &[("SMOLDER_ENABLED", "false")],
+        args: &["--otel-sdk"],
+        baseline: SDK_OFF,
+        agent: false,
+        render_loop: false,
+    },
+    Variant {
+        label: "99 Hz in the SDK pipeline (`--otel-sdk`, ProfilingSpanProcessor)",
+        env: &[("SMOLDER_FREQUENCY_HZ", "99")],
+        args: &["--otel-sdk"],
+        baseline: SDK_OFF,
+        agent: true,
+        render_loop: false,
+    },
 ];
+
+/// The variant with the agent off and spans exported by the SDK.
+pub const SDK_OFF: usize = 5;
+/// The agent at 99 Hz exporting spans itself; compared with "off".
+pub const HZ99: usize = 1;
+/// The agent at 99 Hz with nothing exported; compared with "off".
+pub const HZ99_NO_EXPORT: usize = 2;
+/// The agent at 99 Hz in the SDK pipeline; compared with [`SDK_OFF`].
+pub const HZ99_SDK: usize = 6;
 
 /// Variables the harness's own environment must not pass on to the demo.
 const CLEARED_ENV: [&str; 9] = [
@@ -283,6 +325,7 @@ impl Demo {
         };
         command
             .args(["--no-load", "--addr", "127.0.0.1:0", "--duration", "1h"])
+            .args(variant.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -660,16 +703,27 @@ fn run_with(
 
 // === report ===
 
+/// One 99 Hz variant's figures against its baseline.
+#[derive(Debug, Clone, Copy)]
+pub struct Ratios {
+    /// Throughput over the baseline: ratio of medians, and median of the
+    /// per-round ratios.
+    pub throughput: (f64, f64),
+    /// p99 latency over the baseline, the same two ways.
+    pub p99: (f64, f64),
+    /// Demo CPU per request over the baseline (ratio of medians).
+    pub cpu_per_request: f64,
+}
+
 /// The 99 Hz figures the summary sets against the targets.
 #[derive(Debug, Clone, Copy)]
 pub struct ImpactSummary {
-    /// Throughput at 99 Hz over "off": ratio of medians, and median of the
-    /// per-round ratios.
-    pub throughput: (f64, f64),
-    /// p99 latency at 99 Hz over "off", the same two ways.
-    pub p99: (f64, f64),
-    /// Demo CPU per request at 99 Hz over "off" (ratio of medians).
-    pub cpu_per_request: f64,
+    /// The agent exporting spans itself, against "off".
+    pub exporting: Ratios,
+    /// The agent with nothing exported, against "off".
+    pub profiling_only: Ratios,
+    /// The agent in the SDK pipeline, against the SDK pipeline alone.
+    pub sdk: Ratios,
 }
 
 fn range(values: &[f64]) -> (f64, f64) {
@@ -685,11 +739,11 @@ impl ImpactResults {
         self.slices[variant].iter().map(f).collect()
     }
 
-    /// Median over rounds of variant / off, round by round.
+    /// Median over rounds of variant / its baseline, round by round.
     fn paired(&self, variant: usize, f: impl Fn(&Slice) -> f64) -> f64 {
         let ratios: Vec<f64> = self.slices[variant]
             .iter()
-            .zip(&self.slices[0])
+            .zip(&self.slices[VARIANTS[variant].baseline])
             .map(|(v, off)| f(v) / f(off))
             .collect();
         median(&ratios)
@@ -711,8 +765,8 @@ impl ImpactResults {
             None => println!("one CPU: nothing pinned; wrk and the demo share it"),
         }
         println!(
-            "\n| variant | req/s (range) | x off | x off, paired by round | p50 ms | x off \
-             | p99 ms | x off | x off, paired | demo CPU ms / request | x off | agent \
+            "\n| variant | req/s (range) | x base | x base, paired by round | p50 ms | x base \
+             | p99 ms | x base | x base, paired | demo CPU ms / request | x base | agent \
              threads, % of demo CPU | flame graphs / s (ms each) |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -720,11 +774,12 @@ impl ImpactResults {
         let p50 = |s: &Slice| s.wrk.p50_ms;
         let p99 = |s: &Slice| s.wrk.p99_ms;
         let cpu_per_request = |s: &Slice| s.cpu_s * 1e3 / s.wrk.requests.max(1) as f64;
-        let off_rps = median(&self.column(0, rps));
-        let off_p50 = median(&self.column(0, p50));
-        let off_p99 = median(&self.column(0, p99));
-        let off_cpu = median(&self.column(0, cpu_per_request));
         for (i, variant) in VARIANTS.iter().enumerate() {
+            let base = variant.baseline;
+            let off_rps = median(&self.column(base, rps));
+            let off_p50 = median(&self.column(base, p50));
+            let off_p99 = median(&self.column(base, p99));
+            let off_cpu = median(&self.column(base, cpu_per_request));
             let m_rps = median(&self.column(i, rps));
             let (lo, hi) = range(&self.column(i, rps));
             let m_p50 = median(&self.column(i, p50));
@@ -751,8 +806,10 @@ impl ImpactResults {
             );
         }
         println!(
-            "\n`x off, paired`: the median over rounds of each round's ratio to that round's \
-             \"off\" slice. `demo CPU ms / request`: the demo's user + system CPU over the slice \
+            "\n`x base`: ratio to the variant's baseline, \"off\" for the first five and \
+             \"off, spans exported by the OpenTelemetry SDK\" for the last two (the baselines \
+             show 1.000). `x base, paired`: the median over rounds of each round's ratio to that \
+             round's baseline slice. `demo CPU ms / request`: the demo's user + system CPU over the slice \
              (/proc/<pid>/stat) per request answered. `agent threads`: the part of it used by \
              the agent's own threads (smolder-*); the signal handler runs on the host's threads \
              and is not in it."
@@ -762,9 +819,9 @@ impl ImpactResults {
         println!(
             "| variant | samples (signals) | handler p50 / p99 | agent threads CPU s | \
              process CPU s | overhead (own estimate) | spans exported | spans dropped, queue \
-             full | export failed |"
+             full | export failed | handed to the SDK's processor |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (variant, stats) in VARIANTS.iter().zip(&self.stats) {
             let Some(json) = stats else { continue };
             let n = |key: &str| {
@@ -774,7 +831,7 @@ impl ImpactResults {
                 json_number(json, key).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
             };
             println!(
-                "| {} | {} | {} / {} ns | {} | {} | {} % | {} | {} | {} |",
+                "| {} | {} | {} / {} ns | {} | {} | {} % | {} | {} | {} | {} |",
                 variant.label,
                 n("samples_taken"),
                 n("p50"),
@@ -786,6 +843,7 @@ impl ImpactResults {
                 n("exported"),
                 n("dropped_queue_full"),
                 n("export_failed"),
+                n("forwarded"),
             );
         }
         println!(
@@ -793,18 +851,27 @@ impl ImpactResults {
             self.sink.0,
             self.sink.1 as f64 / 1e6
         );
-        let hz99 = 1;
         Ok(ImpactSummary {
-            throughput: (
-                median(&self.column(hz99, rps)) / off_rps,
-                self.paired(hz99, rps),
-            ),
-            p99: (
-                median(&self.column(hz99, p99)) / off_p99,
-                self.paired(hz99, p99),
-            ),
-            cpu_per_request: median(&self.column(hz99, cpu_per_request)) / off_cpu,
+            exporting: self.ratios(HZ99),
+            profiling_only: self.ratios(HZ99_NO_EXPORT),
+            sdk: self.ratios(HZ99_SDK),
         })
+    }
+
+    /// A variant's figures against its baseline.
+    fn ratios(&self, variant: usize) -> Ratios {
+        let base = VARIANTS[variant].baseline;
+        let rps = |s: &Slice| s.wrk.requests_per_second;
+        let p99 = |s: &Slice| s.wrk.p99_ms;
+        let cpu_per_request = |s: &Slice| s.cpu_s / s.wrk.requests.max(1) as f64;
+        let of_medians = |f: &dyn Fn(&Slice) -> f64| {
+            median(&self.column(variant, f)) / median(&self.column(base, f))
+        };
+        Ratios {
+            throughput: (of_medians(&rps), self.paired(variant, rps)),
+            p99: (of_medians(&p99), self.paired(variant, p99)),
+            cpu_per_request: of_medians(&cpu_per_request),
+        }
     }
 }
 

@@ -157,7 +157,14 @@ impl Worker {
             if was_empty && !batch.is_empty() {
                 oldest = Instant::now();
             }
-            let due = batch.len() >= MAX_BATCH || oldest.elapsed() >= BATCH_DELAY || disconnected;
+            // Spans on their way to the user's own processor go on at every
+            // tick: that processor batches them itself, and a second of them
+            // at once could overflow its queue (the SDK's holds 2048).
+            let forwarding = batch.iter().any(|p| matches!(p, Pending::Forwarded { .. }));
+            let due = forwarding
+                || batch.len() >= MAX_BATCH
+                || oldest.elapsed() >= BATCH_DELAY
+                || disconnected;
             if due && !batch.is_empty() {
                 // One request per MAX_BATCH spans, all enriched after one
                 // wait for the collector.

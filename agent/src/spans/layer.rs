@@ -108,17 +108,18 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let record = finished::is_exporting().then(|| {
-            let mut record = SpanRecord {
-                name: attrs.metadata().name().to_owned(),
-                kind: SpanKind::Internal,
-                attributes: location_attributes(attrs.metadata()),
-                events: Vec::new(),
-                status: Status::Unset,
-            };
-            attrs.record(&mut FieldRecorder(&mut record));
-            record
-        });
+        let record = (finished::is_exporting() && !self.otel_pipeline.load(Ordering::Relaxed))
+            .then(|| {
+                let mut record = SpanRecord {
+                    name: attrs.metadata().name().to_owned(),
+                    kind: SpanKind::Internal,
+                    attributes: location_attributes(attrs.metadata()),
+                    events: Vec::new(),
+                    status: Status::Unset,
+                };
+                attrs.record(&mut FieldRecorder(&mut record));
+                record
+            });
         span.extensions_mut().insert(SpanState {
             context: None,
             start: SystemTime::now(),

@@ -26,6 +26,10 @@ options:
   --no-load              do not run the built-in load generator
   --clients N            browsing clients of the load generator (default 2, 1 to 16)
   --duration TIME        stop after TIME (e.g. 90s, 5m); default: run until Ctrl-C
+  --otel-sdk             export spans through the OpenTelemetry SDK (tracing-opentelemetry,
+                         BatchSpanProcessor, OTLP/HTTP) with smolder's ProfilingSpanProcessor
+                         in it, as a service that already exports its traces would, instead
+                         of letting the agent export them
   -h, --help             print this help
 
 environment:
@@ -86,6 +90,9 @@ pub struct Options {
     pub load: bool,
     pub browsing_clients: usize,
     pub duration: Option<Duration>,
+    /// Spans go through the OpenTelemetry SDK pipeline, not the agent's
+    /// own exporter.
+    pub otel_sdk: bool,
 }
 
 /// What the command line asks for.
@@ -104,6 +111,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         load: true,
         browsing_clients: 2,
         duration: None,
+        otel_sdk: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -115,6 +123,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--otlp-grpc-addr" => options.otlp_grpc = explicit(&arg, &value()?)?,
             "--otlp-http-addr" => options.otlp_http = explicit(&arg, &value()?)?,
             "--no-load" => options.load = false,
+            "--otel-sdk" => options.otel_sdk = true,
             "--clients" => options.browsing_clients = clients(&value()?)?,
             "--duration" => options.duration = Some(duration(&value()?)?),
             other => return Err(format!("unknown argument {other:?}")),
@@ -180,6 +189,8 @@ mod tests {
         assert_eq!(options.ui.addr.port(), 16686);
         let options = run(&["--ui-addr", "127.0.0.1:0", "--no-load"]).unwrap();
         assert!(!options.load && !options.ui.fallback);
+        assert!(!options.otel_sdk);
+        assert!(run(&["--otel-sdk"]).unwrap().otel_sdk);
     }
 
     #[test]

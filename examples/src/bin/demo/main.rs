@@ -76,9 +76,13 @@ fn run(options: Options) -> Result<(), String> {
             options.otlp_http,
         ))?),
     };
-    let agent = telemetry::start_agent(&export)
+    let agent = telemetry::start_agent(&export, options.otel_sdk)
         .map_err(|e| format!("cannot start the smolder agent: {e}"))?;
-    telemetry::init_tracing();
+    let sdk = options
+        .otel_sdk
+        .then(|| telemetry::sdk_pipeline(&export))
+        .transpose()?;
+    telemetry::init_tracing(sdk.as_ref());
 
     print!("seeding the shop database ... ");
     let _ = std::io::stdout().flush();
@@ -99,6 +103,10 @@ fn run(options: Options) -> Result<(), String> {
     // threads end, closing their database connections, and the database
     // files go.
     drop(agent);
+    if let Some(sdk) = sdk {
+        // The SDK's batch processor sends what it still holds.
+        let _ = sdk.shutdown();
+    }
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(database);
     result
@@ -163,8 +171,16 @@ fn print_banner(options: &Options, agent: &smolder::Agent, export: &Export, shop
         Export::Environment { endpoint } => {
             let protocol = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
                 .unwrap_or_else(|_| "http/protobuf".to_owned());
+            let protocol = if options.otel_sdk {
+                "http/protobuf".to_owned()
+            } else {
+                protocol
+            };
             println!("  traces        exported to {endpoint} ({protocol}), service {service}");
         }
+    }
+    if options.otel_sdk {
+        println!("  (spans go through the OpenTelemetry SDK pipeline: --otel-sdk)");
     }
     match agent.http_addr() {
         Some(addr) => {
