@@ -511,6 +511,25 @@ struct Slice {
     render_s: f64,
 }
 
+impl Slice {
+    fn requests_per_second(&self) -> f64 {
+        self.wrk.requests_per_second
+    }
+
+    fn p50_ms(&self) -> f64 {
+        self.wrk.p50_ms
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.wrk.p99_ms
+    }
+
+    /// The demo's CPU milliseconds per request answered.
+    fn cpu_ms_per_request(&self) -> f64 {
+        self.cpu_s * 1e3 / self.wrk.requests.max(1) as f64
+    }
+}
+
 /// Fetches flame graphs back to back until stopped, on its own thread.
 struct RenderLoop {
     stop: Arc<AtomicBool>,
@@ -770,10 +789,12 @@ impl ImpactResults {
              threads, % of demo CPU | flame graphs / s (ms each) |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let rps = |s: &Slice| s.wrk.requests_per_second;
-        let p50 = |s: &Slice| s.wrk.p50_ms;
-        let p99 = |s: &Slice| s.wrk.p99_ms;
-        let cpu_per_request = |s: &Slice| s.cpu_s * 1e3 / s.wrk.requests.max(1) as f64;
+        let (rps, p50, p99, cpu_per_request) = (
+            Slice::requests_per_second,
+            Slice::p50_ms,
+            Slice::p99_ms,
+            Slice::cpu_ms_per_request,
+        );
         for (i, variant) in VARIANTS.iter().enumerate() {
             let base = variant.baseline;
             let off_rps = median(&self.column(base, rps));
@@ -861,16 +882,18 @@ impl ImpactResults {
     /// A variant's figures against its baseline.
     fn ratios(&self, variant: usize) -> Ratios {
         let base = VARIANTS[variant].baseline;
-        let rps = |s: &Slice| s.wrk.requests_per_second;
-        let p99 = |s: &Slice| s.wrk.p99_ms;
-        let cpu_per_request = |s: &Slice| s.cpu_s / s.wrk.requests.max(1) as f64;
-        let of_medians = |f: &dyn Fn(&Slice) -> f64| {
-            median(&self.column(variant, f)) / median(&self.column(base, f))
-        };
+        let of_medians =
+            |f: fn(&Slice) -> f64| median(&self.column(variant, f)) / median(&self.column(base, f));
         Ratios {
-            throughput: (of_medians(&rps), self.paired(variant, rps)),
-            p99: (of_medians(&p99), self.paired(variant, p99)),
-            cpu_per_request: of_medians(&cpu_per_request),
+            throughput: (
+                of_medians(Slice::requests_per_second),
+                self.paired(variant, Slice::requests_per_second),
+            ),
+            p99: (
+                of_medians(Slice::p99_ms),
+                self.paired(variant, Slice::p99_ms),
+            ),
+            cpu_per_request: of_medians(Slice::cpu_ms_per_request),
         }
     }
 }

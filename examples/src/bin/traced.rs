@@ -18,18 +18,9 @@ use std::time::{Duration, Instant};
 use tracing::{Instrument, info_span};
 use tracing_subscriber::prelude::*;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use smolder_examples::thread_cpu;
 
-/// CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the thread CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Burns `cpu` of CPU time (not wall time: on a loaded machine the span
 /// still gets its CPU, however long that takes): the function the tests

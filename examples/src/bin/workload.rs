@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use smolder::{Agent, Profile};
 
+use smolder_examples::thread_cpu;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Result<()> {
@@ -97,17 +99,6 @@ fn print_stats(agent: &Agent) {
     println!("incomplete={}", stats.stacks_incomplete);
     println!("foreign_signals={}", stats.foreign_signals);
     println!("memory_bytes={}", stats.memory_bytes);
-}
-
-/// CPU time consumed by the calling thread so far.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the thread CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 // === split: a 70/30 CPU split under a 21-deep call chain ===

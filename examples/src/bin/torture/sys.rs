@@ -179,16 +179,7 @@ pub fn errno() -> i32 {
 
 // === CPU ===
 
-/// CPU time used by the calling thread.
-pub fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the thread CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
+pub use smolder_examples::thread_cpu;
 
 /// A few microseconds of arithmetic the optimiser cannot remove.
 #[inline(never)]
