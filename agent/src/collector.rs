@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::aggregate::filter::Filter;
 use crate::aggregate::history::{History, HistoryLimits};
 use crate::aggregate::stacks::{
-    SpanLabel, StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable,
+    FastMap, SpanLabel, StackId, StackTable, TRUNCATED_FRAME, ThreadInfo, ThreadKey, ThreadTable,
 };
 use crate::spans::table::SpanTable;
 use crate::aggregate::{Aggregate, Capture, Observation};
@@ -42,6 +42,9 @@ use crate::unwind::regions::StackRegions;
 
 /// How often the collector wakes.
 pub(crate) const CYCLE: Duration = Duration::from_millis(25);
+/// The registry is swept for exited self-registered threads once every this
+/// many listings (100 ms).
+const REAP_EVERY_SCANS: u64 = 4;
 
 /// Most captures that may run at once; each holds its own aggregate.
 pub(crate) const MAX_CAPTURES: usize = 8;
@@ -287,10 +290,35 @@ impl Store {
         let entry = state.spans.get(span_id)?;
         Some(SpanResult {
             trace_id: entry.trace_id,
-            self_cpu_ns: entry.self_cpu_ns,
-            total_cpu_ns: entry.total_cpu_ns,
             samples: state.expand(&entry.aggregate, filter),
         })
+    }
+
+    /// The CPU of each of `span_ids` by leaf address (`None` for a span
+    /// with no samples), under one lock: what span summaries need, without
+    /// expanding whole stacks.
+    pub(crate) fn span_leaves(&self, span_ids: &[u64]) -> (Vec<Option<SpanLeaves>>, Arc<ModuleMap>) {
+        let state = self.lock();
+        let leaves = span_ids
+            .iter()
+            .map(|&span_id| {
+                let entry = state.spans.get(span_id)?;
+                let mut by_leaf: FastMap<u64, u64> = FastMap::default();
+                for (stack, thread, cpu_ns) in entry.aggregate.iter() {
+                    if state.threads.get(thread).is_some()
+                        && let Some(leaf) = state.stacks.leaf(stack)
+                    {
+                        *by_leaf.entry(leaf).or_default() += cpu_ns;
+                    }
+                }
+                Some(SpanLeaves {
+                    self_cpu_ns: entry.self_cpu_ns,
+                    total_cpu_ns: entry.total_cpu_ns,
+                    by_leaf: by_leaf.into_iter().collect(),
+                })
+            })
+            .collect();
+        (leaves, Arc::clone(&state.modules))
     }
 
     /// Every sample of one trace in this process (its local roots' totals).
@@ -308,11 +336,17 @@ impl Store {
     }
 }
 
+/// A span's CPU by the address it was spent at.
+pub(crate) struct SpanLeaves {
+    pub(crate) self_cpu_ns: u64,
+    pub(crate) total_cpu_ns: u64,
+    /// (leaf lookup address, CPU nanoseconds), in no particular order.
+    pub(crate) by_leaf: Vec<(u64, u64)>,
+}
+
 /// A span's CPU, expanded for symbolisation.
 pub(crate) struct SpanResult {
     pub(crate) trace_id: u128,
-    pub(crate) self_cpu_ns: u64,
-    pub(crate) total_cpu_ns: u64,
     pub(crate) samples: CaptureResult,
 }
 
@@ -397,6 +431,11 @@ pub(crate) struct Collector {
     /// often names itself just after it starts.
     rename_pending: Vec<i32>,
     listing: Vec<i32>,
+    /// `/proc/self/task`, kept open; `None` if it could not be opened, and
+    /// then opened again on the next cycle.
+    tasks: Option<threads::TaskDir>,
+    /// Listings so far, for work done only every few of them.
+    scans: u64,
 }
 
 impl Collector {
@@ -429,6 +468,8 @@ impl Collector {
             names: HashMap::new(),
             rename_pending: Vec::new(),
             listing: Vec::new(),
+            tasks: None,
+            scans: 0,
         }
     }
 
@@ -507,7 +548,12 @@ impl Collector {
     /// Reconciles the set of sampled threads with `/proc/self/task`, and
     /// the unwind tables with the loaded modules.
     pub(crate) fn scan(&mut self) {
-        if threads::list_tids(&mut self.listing).is_err() {
+        if self.tasks.is_none() {
+            self.tasks = threads::TaskDir::open().ok();
+        }
+        let Some(tasks) = &mut self.tasks else { return };
+        if tasks.list(&mut self.listing).is_err() {
+            self.tasks = None;
             return;
         }
         {
@@ -545,9 +591,15 @@ impl Collector {
         // Threads that registered themselves (on their first span) and ended
         // before any listing saw them: free their slots too. A thread listed
         // just now is alive; one that is not is checked directly, since it
-        // may have started after the listing.
-        let listing = &self.listing;
-        threads::registry().retain(|tid| listing.binary_search(&tid).is_ok() || threads::thread_cpu(tid).is_some());
+        // may have started after the listing. This sweeps every slot of the
+        // registry (over a hundred kilobytes, on a CPU the service may be
+        // using), so it runs only every few cycles: such a slot waits a
+        // little longer to be reused.
+        self.scans = self.scans.wrapping_add(1);
+        if self.scans.is_multiple_of(REAP_EVERY_SCANS) {
+            let listing = &self.listing;
+            threads::registry().retain(|tid| listing.binary_search(&tid).is_ok() || threads::thread_cpu(tid).is_some());
+        }
         self.engine.track(&started, &exited);
 
         for tid in std::mem::take(&mut self.rename_pending) {

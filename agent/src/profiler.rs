@@ -160,42 +160,58 @@ impl Profiler {
         self.build(samples, SystemTime::now(), Duration::from_nanos(cpu), self.config.frequency_hz)
     }
 
-    /// A span's CPU, in the numbers exported spans carry. A span with no
-    /// samples (it slept, or waited) gets zeros.
-    pub(crate) fn span_summary(&self, span_id: u64) -> SpanSummary {
+    /// Spans' CPU, in the numbers exported spans carry, in the order of
+    /// `span_ids`. A span with no samples (it slept, or waited) gets zeros.
+    ///
+    /// One lock of the store and one symboliser round trip for the whole
+    /// batch: the span thread summarises thousands of spans a second, and a
+    /// round trip per span would cost two context switches each.
+    pub(crate) fn span_summaries(&self, span_ids: &[u64]) -> Vec<SpanSummary> {
+        let (spans, modules) = self.store.span_leaves(span_ids);
+        let mut leaves: Vec<u64> = spans.iter().flatten().flat_map(|s| s.by_leaf.iter().map(|&(leaf, _)| leaf)).collect();
+        leaves.sort_unstable();
+        leaves.dedup();
+        // Most batches at everyday rates: no span ran long enough for a sample.
+        let resolved = if leaves.is_empty() {
+            Vec::new()
+        } else {
+            self.symbols.resolve(&modules, leaves.clone(), SYMBOL_PATIENCE)
+        };
+        let function_of: HashMap<u64, &Arc<str>> = leaves
+            .iter()
+            .zip(&resolved)
+            .filter_map(|(&leaf, resolved)| Some((leaf, &resolved.frames.first()?.function)))
+            .collect();
         let period_ns = crate::timer::period_ns(self.config.frequency_hz);
         let samples_in = |cpu_ns: u64| (cpu_ns + period_ns / 2) / period_ns;
-        let Some(span) = self.store.span(span_id, &Filter::default()) else {
-            return SpanSummary::default();
-        };
-        // CPU by leaf address, then by the innermost function there.
-        let mut by_leaf: HashMap<u64, u64> = HashMap::new();
-        for (frames, _, cpu) in &span.samples.stacks {
-            if let Some(&leaf) = frames.first() {
-                *by_leaf.entry(leaf).or_default() += cpu;
-            }
-        }
-        let leaves: Vec<u64> = by_leaf.keys().copied().collect();
-        let resolved = self.symbols.resolve(&span.samples.modules, leaves.clone(), SYMBOL_PATIENCE);
-        let mut by_function: HashMap<Arc<str>, u64> = HashMap::new();
-        for (leaf, resolved) in leaves.iter().zip(&resolved) {
-            if let Some(frame) = resolved.frames.first() {
-                *by_function.entry(Arc::clone(&frame.function)).or_default() += by_leaf[leaf];
-            }
-        }
-        let mut top: Vec<(Arc<str>, u64)> = by_function.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let total = span.total_cpu_ns.max(1) as f64;
-        SpanSummary {
-            samples: samples_in(span.total_cpu_ns),
-            self_samples: samples_in(span.self_cpu_ns),
-            cpu_ns: span.total_cpu_ns,
-            top_functions: top
-                .into_iter()
-                .take(5)
-                .map(|(function, cpu)| (function.to_string(), 100.0 * cpu as f64 / total))
-                .collect(),
-        }
+        spans
+            .iter()
+            .map(|span| {
+                let Some(span) = span else {
+                    return SpanSummary::default();
+                };
+                // CPU by the innermost function at each leaf address.
+                let mut by_function: HashMap<&Arc<str>, u64> = HashMap::new();
+                for (leaf, cpu_ns) in &span.by_leaf {
+                    if let Some(function) = function_of.get(leaf) {
+                        *by_function.entry(function).or_default() += cpu_ns;
+                    }
+                }
+                let mut top: Vec<(&Arc<str>, u64)> = by_function.into_iter().collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                let total = span.total_cpu_ns.max(1) as f64;
+                SpanSummary {
+                    samples: samples_in(span.total_cpu_ns),
+                    self_samples: samples_in(span.self_cpu_ns),
+                    cpu_ns: span.total_cpu_ns,
+                    top_functions: top
+                        .into_iter()
+                        .take(5)
+                        .map(|(function, cpu)| (function.to_string(), 100.0 * cpu as f64 / total))
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// How far back the history reaches now.

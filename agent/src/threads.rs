@@ -19,6 +19,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use crate::spans::context::SpanCell;
@@ -244,16 +245,88 @@ pub(crate) fn thread_cpu(tid: i32) -> Option<std::time::Duration> {
         .then(|| std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
-/// Lists the process's threads from `/proc/self/task`, into `out`.
-pub(crate) fn list_tids(out: &mut Vec<i32>) -> io::Result<()> {
-    out.clear();
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+/// `/proc/self/task`, held open for listing the process's threads again and
+/// again.
+///
+/// The collector lists threads 40 times a second for as long as the agent
+/// runs. Opening the directory each time (with `std::fs::read_dir`: open,
+/// fstat, a heap-allocated reader per listing and per entry, close) cost
+/// more than the listing itself; this keeps one descriptor, rewinds it and
+/// reads the entries with `getdents64` into a buffer it reuses.
+pub(crate) struct TaskDir {
+    dir: OwnedFd,
+    /// Raw `linux_dirent64` records; grows only if one read cannot hold a
+    /// single entry (it always can).
+    entries: Vec<u8>,
+}
+
+impl TaskDir {
+    pub(crate) fn open() -> io::Result<TaskDir> {
+        // SAFETY: a NUL-terminated path; the result is checked below.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/task".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TaskDir {
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            entries: vec![0; 16 * 1024],
+        })
+    }
+
+    /// The process's threads, sorted, into `out`.
+    pub(crate) fn list(&mut self, out: &mut Vec<i32>) -> io::Result<()> {
+        out.clear();
+        let fd = self.dir.as_raw_fd();
+        // SAFETY: `fd` is our open directory.
+        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: the kernel writes at most `entries.len()` bytes into
+            // our buffer.
+            let read = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd,
+                    self.entries.as_mut_ptr(),
+                    self.entries.len(),
+                )
+            };
+            if read < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if read == 0 {
+                break;
+            }
+            parse_dirents(&self.entries[..read as usize], out);
+        }
+        out.sort_unstable();
+        Ok(())
+    }
+}
+
+/// Appends the numeric names among `linux_dirent64` records (`d_ino` u64,
+/// `d_off` i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name).
+fn parse_dirents(mut records: &[u8], out: &mut Vec<i32>) {
+    const NAME_AT: usize = 19;
+    while records.len() > NAME_AT {
+        let length = usize::from(u16::from_ne_bytes([records[16], records[17]]));
+        if length <= NAME_AT || length > records.len() {
+            return; // never from the kernel; stop rather than misread
+        }
+        let name = &records[NAME_AT..length];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if let Some(tid) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
             out.push(tid);
         }
+        records = &records[length..];
     }
-    out.sort_unstable();
-    Ok(())
 }
 
 /// The thread's name (`comm`, at most 15 bytes), or `None` if it has exited.
@@ -274,6 +347,61 @@ pub(crate) fn name_current_thread(name: &CStr) {
 #[cfg(all(test, not(smolder_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_dir_lists_the_same_threads_as_read_dir_every_time() {
+        let from_std = || {
+            let mut tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+                .collect();
+            tids.sort_unstable();
+            tids
+        };
+        let mut tasks = TaskDir::open().unwrap();
+        let mut listed = Vec::new();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, ready) = std::sync::mpsc::channel();
+        let extra = std::thread::spawn(move || {
+            started.send(current_tid()).unwrap();
+            let _ = released.recv();
+        });
+        let extra_tid = ready.recv().unwrap();
+        // Other tests' threads come and go: retry until two listings agree.
+        for _ in 0..100 {
+            tasks.list(&mut listed).unwrap();
+            if listed == from_std() {
+                break;
+            }
+        }
+        assert_eq!(listed, from_std());
+        assert!(listed.contains(&current_tid()) && listed.contains(&extra_tid));
+        drop(release);
+        extra.join().unwrap();
+        // The same descriptor, rewound, no longer shows the joined thread.
+        tasks.list(&mut listed).unwrap();
+        assert!(!listed.contains(&extra_tid));
+    }
+
+    #[test]
+    fn dirent_parsing_takes_numeric_names_and_stops_at_a_bad_length() {
+        let record = |name: &str, length: u16| {
+            let mut r = vec![0u8; 19];
+            r[16..18].copy_from_slice(&length.to_ne_bytes());
+            r.extend_from_slice(name.as_bytes());
+            r.resize(usize::from(length), 0);
+            r
+        };
+        let mut records = [record(".", 24), record("..", 24), record("4242", 24), record("17", 32)].concat();
+        let mut out = Vec::new();
+        parse_dirents(&records, &mut out);
+        assert_eq!(out, [4242, 17]);
+        records.extend(record("99", 8)); // shorter than its own header
+        records.extend(record("98", 24));
+        out.clear();
+        parse_dirents(&records, &mut out);
+        assert_eq!(out, [4242, 17]);
+    }
 
     #[test]
     fn register_lookup_unregister() {
@@ -312,12 +440,5 @@ mod tests {
         assert_eq!(registry.register(99), None);
         assert_eq!(registry.register(3), registry.find(3), "re-registering is idempotent");
         assert!((1..=4).all(|tid| registry.contains(tid)));
-    }
-
-    #[test]
-    fn lists_this_thread() {
-        let mut tids = Vec::new();
-        list_tids(&mut tids).unwrap();
-        assert!(tids.contains(&current_tid()));
     }
 }

@@ -122,6 +122,11 @@ impl StackTable {
         (parent != NO_PARENT).then_some(parent)
     }
 
+    /// The stack's innermost frame.
+    pub(crate) fn leaf(&self, stack: StackId) -> Option<u64> {
+        self.nodes.get(stack as usize).map(|n| n.frame)
+    }
+
     /// The stack's frames, leaf first, appended to `out`.
     pub(crate) fn frames_into(&self, stack: StackId, out: &mut Vec<u64>) {
         let mut node = stack;

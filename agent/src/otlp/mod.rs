@@ -168,8 +168,10 @@ impl Worker {
             if due && !batch.is_empty() {
                 // One request per MAX_BATCH spans, all enriched after one
                 // wait for the collector.
+                // The batch keeps its capacity from tick to tick: regrowing
+                // it each time is a string of large reallocations.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.handle(std::mem::take(&mut batch), exporter.as_mut())
+                    self.handle(&mut batch, exporter.as_mut())
                 }));
                 batch.clear();
             }
@@ -222,36 +224,45 @@ impl Worker {
         })
     }
 
-    /// Enriches a batch and sends each span on.
-    fn handle(&self, batch: Vec<Pending>, exporter: Option<&mut Exporter>) {
+    /// Enriches a batch and sends each span on, leaving `batch` empty.
+    fn handle(&self, batch: &mut Vec<Pending>, exporter: Option<&mut Exporter>) {
         // Every sample of these spans was taken before now: wait for the
         // collector to have drained them (one or two cycles).
         self.profiler
             .store
             .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
-        let mut export = Vec::new();
-        for pending in batch {
+        let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
+        let summaries = self.profiler.span_summaries(&span_ids);
+        let mut exporter = exporter;
+        let to_export = |remaining: usize| Vec::with_capacity(remaining.min(MAX_BATCH));
+        let mut request = to_export(batch.len());
+        let mut remaining = batch.len();
+        for (pending, summary) in batch.drain(..).zip(&summaries) {
+            remaining -= 1;
             match pending {
+                // Each span data is built straight into its request: they are
+                // large, and every move through another vector is a copy.
                 Pending::Recorded(span) => {
-                    let summary = self.profiler.span_summary(span.context.span_id);
-                    export.push(self.span_data(*span, &summary));
+                    request.push(self.span_data(*span, summary));
+                    if request.len() == MAX_BATCH
+                        && let Some(exporter) = exporter.as_deref_mut()
+                    {
+                        self.send(exporter, std::mem::replace(&mut request, to_export(remaining)));
+                    }
                 }
                 Pending::Forwarded { mut span, forward } => {
                     let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
                     let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-                    let summary = self.profiler.span_summary(span_id);
-                    span.attributes.extend(self.attributes(&summary, trace_id, span_id));
+                    span.attributes.extend(self.attributes(summary, trace_id, span_id));
                     forward.on_end(*span);
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        if let Some(exporter) = exporter {
-            let mut export = export.into_iter().peekable();
-            while export.peek().is_some() {
-                let request: Vec<SpanData> = export.by_ref().take(MAX_BATCH).collect();
-                self.send(exporter, request);
-            }
+        if let Some(exporter) = exporter
+            && !request.is_empty()
+        {
+            self.send(exporter, request);
         }
     }
 
@@ -288,18 +299,16 @@ impl Worker {
                 .join(", ")
                 .into()
         };
-        let mut attributes = vec![
+        let mut attributes = Vec::with_capacity(5);
+        attributes.extend([
             KeyValue::new("profile.samples", summary.samples as i64),
             KeyValue::new("profile.self_samples", summary.self_samples as i64),
             // Tenths of a millisecond: finer would be noise at any sampling rate.
             KeyValue::new("profile.cpu_time_ms", (summary.cpu_ns as f64 / 1e5).round() / 10.0),
             KeyValue::new("profile.top_functions", top),
-        ];
+        ]);
         if let Some(base) = &self.flamegraph_base {
-            attributes.push(KeyValue::new(
-                "profile.flamegraph_url",
-                format!("{base}/debug/pprof/flamegraph?trace_id={trace_id:032x}&span_id={span_id:016x}"),
-            ));
+            attributes.push(KeyValue::new("profile.flamegraph_url", flamegraph_url(base, trace_id, span_id)));
         }
         attributes
     }
@@ -337,6 +346,29 @@ impl Worker {
     }
 }
 
+/// The agent's flame graph of one span. Built by hand rather than with
+/// `format!`: it is made for every span, thousands a second, and the
+/// formatting machinery costs several times the few copies it comes to.
+fn flamegraph_url(base: &str, trace_id: u128, span_id: u64) -> String {
+    const PATH: &str = "/debug/pprof/flamegraph?trace_id=";
+    const SPAN: &str = "&span_id=";
+    let mut url = String::with_capacity(base.len() + PATH.len() + 32 + SPAN.len() + 16);
+    url.push_str(base);
+    url.push_str(PATH);
+    push_hex(&mut url, trace_id, 32);
+    url.push_str(SPAN);
+    push_hex(&mut url, u128::from(span_id), 16);
+    url
+}
+
+/// Appends the low `digits` hex digits of `value`, zero-padded, lower case.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        out.push(char::from(HEX[(value >> (shift * 4)) as usize & 0xf]));
+    }
+}
+
 /// Moves what the queue holds into `batch`, up to [`QUEUE_CAPACITY`] spans
 /// in all, so that spans held here and in the queue stay within twice its
 /// bound. True once the layer side is gone.
@@ -365,6 +397,19 @@ fn http_traces_endpoint(endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flamegraph_urls_carry_zero_padded_ids() {
+        assert_eq!(
+            flamegraph_url("http://h:6060", 0xabc, 0x12),
+            "http://h:6060/debug/pprof/flamegraph?trace_id=00000000000000000000000000000abc&span_id=0000000000000012"
+        );
+        let (trace_id, span_id) = (0x0af7651916cd43dd8448eb211c80319c_u128, 0xb7ad6b7169203331_u64);
+        assert_eq!(
+            flamegraph_url("", trace_id, span_id),
+            format!("/debug/pprof/flamegraph?trace_id={trace_id:032x}&span_id={span_id:016x}")
+        );
+    }
 
     #[test]
     fn http_endpoints_get_the_traces_path_only_when_bare() {

@@ -38,6 +38,18 @@ pub(crate) enum Pending {
     },
 }
 
+impl Pending {
+    /// The span's id, as the span table keys it.
+    pub(crate) fn span_id(&self) -> u64 {
+        match self {
+            Pending::Recorded(span) => span.context.span_id,
+            Pending::Forwarded { span, .. } => {
+                u64::from_be_bytes(span.span_context.span_id().to_bytes())
+            }
+        }
+    }
+}
+
 /// Spans waiting for the exporter, at most.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
