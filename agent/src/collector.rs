@@ -42,9 +42,10 @@ use crate::unwind::regions::StackRegions;
 
 /// How often the collector wakes.
 pub(crate) const CYCLE: Duration = Duration::from_millis(25);
-/// The registry is swept for exited self-registered threads once every this
-/// many listings (100 ms).
-const REAP_EVERY_SCANS: u64 = 4;
+/// Every this many cycles (100 ms), the collector lists the process's
+/// threads even if their count has not changed, and sweeps the registry for
+/// exited self-registered threads.
+const FULL_SCAN_EVERY: u64 = 4;
 
 /// Most captures that may run at once; each holds its own aggregate.
 pub(crate) const MAX_CAPTURES: usize = 8;
@@ -434,7 +435,7 @@ pub(crate) struct Collector {
     /// `/proc/self/task`, kept open; `None` if it could not be opened, and
     /// then opened again on the next cycle.
     tasks: Option<threads::TaskDir>,
-    /// Listings so far, for work done only every few of them.
+    /// Scans so far, for work done only every few of them.
     scans: u64,
 }
 
@@ -548,10 +549,22 @@ impl Collector {
     /// Reconciles the set of sampled threads with `/proc/self/task`, and
     /// the unwind tables with the loaded modules.
     pub(crate) fn scan(&mut self) {
+        self.scans = self.scans.wrapping_add(1);
         if self.tasks.is_none() {
             self.tasks = threads::TaskDir::open().ok();
         }
         let Some(tasks) = &mut self.tasks else { return };
+        // Listing every thread costs the kernel a lookup per thread; when the
+        // count has not moved since the last listing, it is skipped, except
+        // every few cycles: a thread that started while another ended leaves
+        // the count as it was, and is found then.
+        if !self.scans.is_multiple_of(FULL_SCAN_EVERY) && tasks.count_unchanged() {
+            let generation = modules::load_generation();
+            if generation != self.load_generation {
+                self.refresh_tables(true, generation);
+            }
+            return;
+        }
         if tasks.list(&mut self.listing).is_err() {
             self.tasks = None;
             return;
@@ -595,8 +608,7 @@ impl Collector {
         // registry (over a hundred kilobytes, on a CPU the service may be
         // using), so it runs only every few cycles: such a slot waits a
         // little longer to be reused.
-        self.scans = self.scans.wrapping_add(1);
-        if self.scans.is_multiple_of(REAP_EVERY_SCANS) {
+        if self.scans.is_multiple_of(FULL_SCAN_EVERY) {
             let listing = &self.listing;
             threads::registry().retain(|tid| listing.binary_search(&tid).is_ok() || threads::thread_cpu(tid).is_some());
         }

@@ -255,6 +255,9 @@ pub(crate) fn thread_cpu(tid: i32) -> Option<std::time::Duration> {
 /// reads the entries with `getdents64` into a buffer it reuses.
 pub(crate) struct TaskDir {
     dir: OwnedFd,
+    /// The directory's link count when last listed: two plus the number of
+    /// threads.
+    links: Option<u64>,
     /// Raw `linux_dirent64` records; grows only if one read cannot hold a
     /// single entry (it always can).
     entries: Vec<u8>,
@@ -275,13 +278,32 @@ impl TaskDir {
         Ok(TaskDir {
             // SAFETY: `fd` was just opened and is owned by nothing else.
             dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            links: None,
             entries: vec![0; 16 * 1024],
         })
+    }
+
+    /// The directory's link count (the kernel reports two plus the number
+    /// of threads), from one `fstat`.
+    fn links(&self) -> Option<u64> {
+        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: our open descriptor and a valid out-pointer.
+        (unsafe { libc::fstat(self.dir.as_raw_fd(), &mut stat) } == 0).then_some(stat.st_nlink as u64)
+    }
+
+    /// True if the process has as many threads as at the last listing (not
+    /// necessarily the same ones). False when in doubt.
+    pub(crate) fn count_unchanged(&self) -> bool {
+        self.links.is_some() && self.links() == self.links
     }
 
     /// The process's threads, sorted, into `out`.
     pub(crate) fn list(&mut self, out: &mut Vec<i32>) -> io::Result<()> {
         out.clear();
+        // Counted before reading: a thread that starts in between shows up
+        // as a changed count at the next check, never as a missed one.
+        self.links = self.links();
         let fd = self.dir.as_raw_fd();
         // SAFETY: `fd` is our open directory.
         if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
@@ -381,6 +403,34 @@ mod tests {
         // The same descriptor, rewound, no longer shows the joined thread.
         tasks.list(&mut listed).unwrap();
         assert!(!listed.contains(&extra_tid));
+    }
+
+    #[test]
+    fn task_dir_notices_a_new_thread_by_its_count() {
+        let mut tasks = TaskDir::open().unwrap();
+        assert!(!tasks.count_unchanged(), "nothing listed yet");
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, ready) = std::sync::mpsc::channel();
+        // Other tests start and end threads too; the count moves either way,
+        // so check only that a new thread always shows.
+        for _ in 0..100 {
+            let mut listed = Vec::new();
+            tasks.list(&mut listed).unwrap();
+            if tasks.count_unchanged() {
+                let started = started.clone();
+                let extra = std::thread::spawn(move || {
+                    started.send(()).unwrap();
+                    let _ = released.recv();
+                });
+                ready.recv().unwrap();
+                let changed = !tasks.count_unchanged();
+                drop(release);
+                extra.join().unwrap();
+                assert!(changed);
+                return;
+            }
+        }
+        panic!("the thread count never held still");
     }
 
     #[test]

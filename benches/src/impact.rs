@@ -178,6 +178,10 @@ pub const HZ99_NO_EXPORT: usize = 2;
 /// The agent at 99 Hz in the SDK pipeline; compared with [`SDK_OFF`].
 pub const HZ99_SDK: usize = 6;
 
+/// The variants the 99 Hz targets are read from: the three 99 Hz ones and
+/// their baselines.
+pub const TARGET_VARIANTS: [usize; 5] = [0, HZ99, HZ99_NO_EXPORT, SDK_OFF, HZ99_SDK];
+
 /// Variables the harness's own environment must not pass on to the demo.
 const CLEARED_ENV: [&str; 9] = [
     "SMOLDER_ENABLED",
@@ -196,6 +200,10 @@ const CLEARED_ENV: [&str; 9] = [
 pub struct ImpactOptions {
     pub rounds: usize,
     pub seconds: u64,
+    /// Only the variants the 99 Hz targets compare ([`TARGET_VARIANTS`]):
+    /// with fewer variants, a round is shorter, and more rounds fit the
+    /// same time.
+    pub targets_only: bool,
 }
 
 // === wrk ===
@@ -672,25 +680,32 @@ fn run_with(
     script: &Path,
 ) -> Result<Measured, HarnessError> {
     let ticks = sys::clock_ticks_per_second() as f64;
+    let active: Vec<usize> = if options.targets_only {
+        TARGET_VARIANTS.to_vec()
+    } else {
+        (0..VARIANTS.len()).collect()
+    };
     let mut demos = Vec::new();
-    for variant in &VARIANTS {
+    for &i in &active {
+        let variant = &VARIANTS[i];
         eprintln!("  impact: starting the demo, {}", variant.label);
         let demo = Demo::start(demo_exe, pinning.map(|p| p.1), variant, &sink.endpoint())?;
         run_wrk(script, &demo.url(), DEMO_WARMUP)?;
         demo.pause()?;
-        demos.push(demo);
+        demos.push((i, demo));
     }
     let mut slices = vec![Vec::new(); VARIANTS.len()];
     for round in 0..options.rounds {
-        for k in 0..VARIANTS.len() {
-            let i = (round + k) % VARIANTS.len();
+        for k in 0..demos.len() {
+            let (i, demo) = &demos[(round + k) % demos.len()];
+            let i = *i;
             eprintln!(
                 "  impact round {}/{}: {}",
                 round + 1,
                 options.rounds,
                 VARIANTS[i].label
             );
-            let slice = measure_slice(&demos[i], &VARIANTS[i], script, options.seconds, ticks)?;
+            let slice = measure_slice(demo, &VARIANTS[i], script, options.seconds, ticks)?;
             let errors = slice.wrk.errors;
             if errors * 100 > slice.wrk.requests.max(1) {
                 return fail(format!(
@@ -698,23 +713,21 @@ fn run_with(
                     errors,
                     slice.wrk.requests,
                     VARIANTS[i].label,
-                    demos[i].stderr_text()
+                    demo.stderr_text()
                 ));
             }
             slices[i].push(slice);
         }
     }
-    let mut stats = Vec::new();
-    for demo in &demos {
+    let mut stats = vec![None; VARIANTS.len()];
+    for (i, demo) in &demos {
         demo.resume()?;
-        stats.push(match demo.agent {
-            Some(agent) => {
-                Some(http::get(agent, "/debug/pprof/stats", Duration::from_secs(10))?.text())
-            }
-            None => None,
-        });
+        if let Some(agent) = demo.agent {
+            stats[*i] =
+                Some(http::get(agent, "/debug/pprof/stats", Duration::from_secs(10))?.text());
+        }
     }
-    for demo in demos {
+    for (_, demo) in demos {
         demo.stop()?;
     }
     Ok((slices, stats))
@@ -796,6 +809,9 @@ impl ImpactResults {
             Slice::cpu_ms_per_request,
         );
         for (i, variant) in VARIANTS.iter().enumerate() {
+            if self.slices[i].is_empty() {
+                continue; // not run (`--targets-only`)
+            }
             let base = variant.baseline;
             let off_rps = median(&self.column(base, rps));
             let off_p50 = median(&self.column(base, p50));

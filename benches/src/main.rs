@@ -27,6 +27,7 @@
 //! cargo run --release -p smolder-benches -- impact      # needs wrk (apt-get install -y wrk)
 //! cargo run --release -p smolder-benches -- all         # all five
 //! cargo run --release -p smolder-benches -- --rounds 3  # fewer rounds
+//! cargo run --release -p smolder-benches -- impact --targets-only --rounds 30 --seconds 5
 //! ```
 //!
 //! Each measurement runs in a child process (the harness re-executes
@@ -84,16 +85,18 @@ struct Options {
     accounting_rounds: usize,
     impact_rounds: usize,
     impact_seconds: u64,
+    impact_targets_only: bool,
     full_history: bool,
 }
 
 const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact]... \
-    [--rounds N] [--seconds S] [--full-history]\n\
+    [--rounds N] [--seconds S] [--targets-only] [--full-history]\n\
     \n\
     Runs the chosen sections (default: cost, accounting, memory and render;\n\
     `all` adds impact, which needs wrk). --rounds sets the rounds of the cost\n\
     (default 7), accounting (3) and impact (5) sections; --seconds the length\n\
-    of each measured impact slice (default 8). --full-history adds a\n\
+    of each measured impact slice (default 8); --targets-only runs only the\n\
+    impact variants the 99 Hz targets compare. --full-history adds a\n\
     16-minute run to the render section: 15 minutes of history, measured.\n\
     (`smolder-benches child ...` is internal: one measurement in a fresh process.)";
 
@@ -109,6 +112,7 @@ impl Options {
             accounting_rounds: 3,
             impact_rounds: 5,
             impact_seconds: 8,
+            impact_targets_only: false,
             full_history: false,
         };
         let mut args = args.iter();
@@ -140,6 +144,7 @@ impl Options {
                 }
                 "--seconds" => options.impact_seconds = positive(&mut args)? as u64,
                 "--full-history" => options.full_history = true,
+                "--targets-only" => options.impact_targets_only = true,
                 _ => return child::fail(USAGE),
             }
         }
@@ -262,6 +267,7 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
             impact::run(impact::ImpactOptions {
                 rounds: options.impact_rounds,
                 seconds: options.impact_seconds,
+                targets_only: options.impact_targets_only,
             })?
             .print()?,
         )
@@ -417,7 +423,7 @@ mod tests {
     fn no_section_means_all_and_rounds_apply_to_both() {
         let options = parse(&[]).unwrap();
         assert!(options.cost && options.accounting && options.memory && options.render);
-        assert!(!options.impact && !options.full_history);
+        assert!(!options.impact && !options.full_history && !options.impact_targets_only);
         assert_eq!((options.cost_rounds, options.accounting_rounds), (7, 3));
         assert_eq!((options.impact_rounds, options.impact_seconds), (5, 8));
         let options = parse(&["memory", "--rounds", "2"]).unwrap();
@@ -427,6 +433,8 @@ mod tests {
         let options = parse(&["all", "--seconds", "20", "--full-history"]).unwrap();
         assert!(options.impact && options.render && options.full_history);
         assert_eq!(options.impact_seconds, 20);
+        let options = parse(&["impact", "--targets-only"]).unwrap();
+        assert!(options.impact && options.impact_targets_only && !options.cost);
         assert!(parse(&["--rounds", "0"]).is_err());
         assert!(parse(&["--seconds"]).is_err());
         assert!(parse(&["bogus"]).is_err());
