@@ -4,9 +4,10 @@
 //! 1. drains the sample buffer, interning each stack and thread and offering
 //!    the observation to the history and to every active capture; rolls the
 //!    history's time buckets; applies a requested change of sampling rate;
-//! 2. lists the process's threads: new ones are registered, their names
-//!    read and (once the stack-region table includes them) their timers
-//!    armed; exited ones are unregistered and their timers deleted;
+//! 2. lists the process's threads (when their count changed, and every
+//!    fourth cycle regardless): new ones are registered, their names read
+//!    and (once the stack-region table includes them) their timers armed;
+//!    exited ones are unregistered and their timers deleted;
 //! 3. checks the loader's counters and, when a library was loaded or
 //!    unloaded or new thread stacks appeared, rebuilds the unwind tables and
 //!    publishes them to the handler.

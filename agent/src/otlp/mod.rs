@@ -167,9 +167,9 @@ impl Worker {
                 || disconnected;
             if due && !batch.is_empty() {
                 // One request per MAX_BATCH spans, all enriched after one
-                // wait for the collector.
-                // The batch keeps its capacity from tick to tick: regrowing
-                // it each time is a string of large reallocations.
+                // wait for the collector. The batch keeps its capacity from
+                // tick to tick: regrowing it each time would be a string of
+                // large reallocations.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.handle(&mut batch, exporter.as_mut())
                 }));
@@ -225,7 +225,7 @@ impl Worker {
     }
 
     /// Enriches a batch and sends each span on, leaving `batch` empty.
-    fn handle(&self, batch: &mut Vec<Pending>, exporter: Option<&mut Exporter>) {
+    fn handle(&self, batch: &mut Vec<Pending>, mut exporter: Option<&mut Exporter>) {
         // Every sample of these spans was taken before now: wait for the
         // collector to have drained them (one or two cycles).
         self.profiler
@@ -233,7 +233,6 @@ impl Worker {
             .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
         let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
         let summaries = self.profiler.span_summaries(&span_ids);
-        let mut exporter = exporter;
         let to_export = |remaining: usize| Vec::with_capacity(remaining.min(MAX_BATCH));
         let mut request = to_export(batch.len());
         let mut remaining = batch.len();
