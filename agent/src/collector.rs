@@ -556,17 +556,13 @@ impl Collector {
         }
         let Some(tasks) = &mut self.tasks else { return };
         // Listing every thread costs the kernel a lookup per thread; when the
-        // count has not moved since the last listing, it is skipped, except
-        // every few cycles: a thread that started while another ended leaves
-        // the count as it was, and is found then.
+        // count has not moved since the last listing, the threads known are
+        // taken as the listing, except every few cycles: a thread that
+        // started while another ended leaves the count as it was, and is
+        // found then.
         if !self.scans.is_multiple_of(FULL_SCAN_EVERY) && tasks.count_unchanged() {
-            let generation = modules::load_generation();
-            if generation != self.load_generation {
-                self.refresh_tables(true, generation);
-            }
-            return;
-        }
-        if tasks.list(&mut self.listing).is_err() {
+            self.listing.clone_from(&self.known);
+        } else if tasks.list(&mut self.listing).is_err() {
             self.tasks = None;
             return;
         }

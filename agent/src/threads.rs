@@ -20,7 +20,10 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::{File, OpenOptions};
+use std::io::Seek;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::OnceLock;
 
 use crate::spans::context::SpanCell;
@@ -255,42 +258,31 @@ pub(crate) fn thread_cpu(tid: i32) -> Option<std::time::Duration> {
 /// more than the listing itself; this keeps one descriptor, rewinds it and
 /// reads the entries with `getdents64` into a buffer it reuses.
 pub(crate) struct TaskDir {
-    dir: OwnedFd,
+    dir: File,
     /// The directory's link count when last listed: two plus the number of
     /// threads.
     links: Option<u64>,
-    /// Raw `linux_dirent64` records; grows only if one read cannot hold a
-    /// single entry (it always can).
+    /// Raw `linux_dirent64` records, a buffer-full per `getdents64`.
     entries: Vec<u8>,
 }
 
 impl TaskDir {
     pub(crate) fn open() -> io::Result<TaskDir> {
-        // SAFETY: a NUL-terminated path; the result is checked below.
-        let fd = unsafe {
-            libc::open(
-                c"/proc/self/task".as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open("/proc/self/task")?;
         Ok(TaskDir {
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            dir,
             links: None,
             entries: vec![0; 16 * 1024],
         })
     }
 
-    /// The directory's link count (the kernel reports two plus the number
-    /// of threads), from one `fstat`.
+    /// The directory's link count: the kernel reports two plus the number
+    /// of threads.
     fn links(&self) -> Option<u64> {
-        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: our open descriptor and a valid out-pointer.
-        (unsafe { libc::fstat(self.dir.as_raw_fd(), &mut stat) } == 0).then_some(stat.st_nlink as u64)
+        self.dir.metadata().ok().map(|m| m.nlink())
     }
 
     /// True if the process has as many threads as at the last listing (not
@@ -305,11 +297,8 @@ impl TaskDir {
         // Counted before reading: a thread that starts in between shows up
         // as a changed count at the next check, never as a missed one.
         self.links = self.links();
+        self.dir.rewind()?;
         let fd = self.dir.as_raw_fd();
-        // SAFETY: `fd` is our open directory.
-        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
         loop {
             // SAFETY: the kernel writes at most `entries.len()` bytes into
             // our buffer.

@@ -233,11 +233,10 @@ impl Worker {
             .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
         let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
         let summaries = self.profiler.span_summaries(&span_ids);
+        let total = batch.len();
         let to_export = |remaining: usize| Vec::with_capacity(remaining.min(MAX_BATCH));
-        let mut request = to_export(batch.len());
-        let mut remaining = batch.len();
-        for (pending, summary) in batch.drain(..).zip(&summaries) {
-            remaining -= 1;
+        let mut request = to_export(total);
+        for (i, (pending, summary)) in batch.drain(..).zip(&summaries).enumerate() {
             match pending {
                 // Each span data is built straight into its request: they are
                 // large, and every move through another vector is a copy.
@@ -246,13 +245,12 @@ impl Worker {
                     if request.len() == MAX_BATCH
                         && let Some(exporter) = exporter.as_deref_mut()
                     {
-                        self.send(exporter, std::mem::replace(&mut request, to_export(remaining)));
+                        self.send(exporter, std::mem::replace(&mut request, to_export(total - i - 1)));
                     }
                 }
                 Pending::Forwarded { mut span, forward } => {
-                    let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
                     let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-                    span.attributes.extend(self.attributes(summary, trace_id, span_id));
+                    span.attributes.extend(self.attributes(summary, trace_id, span_ids[i]));
                     forward.on_end(*span);
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
