@@ -8,7 +8,7 @@
 //! as little of its own as it can.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -146,11 +146,18 @@ impl OtlpSink {
                             return;
                         }
                         let Ok(stream) = stream else { continue };
-                        if let Ok(received) = serve_export(stream) {
-                            // Relaxed: counters, read after the run.
-                            requests.fetch_add(1, Ordering::Relaxed);
-                            bytes.fetch_add(received, Ordering::Relaxed);
-                        }
+                        // A thread per connection: exporters keep theirs
+                        // open between requests, as with a real collector.
+                        let (requests, bytes) = (requests.clone(), bytes.clone());
+                        let _ = std::thread::Builder::new()
+                            .name("otlp-sink-conn".into())
+                            .spawn(move || {
+                                let _ = serve_exports(stream, |received| {
+                                    // Relaxed: counters, read after the run.
+                                    requests.fetch_add(1, Ordering::Relaxed);
+                                    bytes.fetch_add(received, Ordering::Relaxed);
+                                });
+                            });
                     }
                 })?
         };
@@ -188,39 +195,52 @@ impl Drop for OtlpSink {
     }
 }
 
-/// Reads one request (head, then a `Content-Length` body) and answers it.
-/// Returns the body's length.
-fn serve_export(stream: TcpStream) -> io::Result<u64> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// Serves one kept-alive connection: reads each request (head, then a
+/// `Content-Length` body), answers it, and reports its body's length. Ends
+/// when the client closes, or after [`SINK_IDLE`] without a request, as a
+/// collector's idle timeout would.
+fn serve_exports(stream: TcpStream, mut received: impl FnMut(u64)) -> io::Result<()> {
+    stream.set_read_timeout(Some(SINK_IDLE))?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut length = 0u64;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    io::copy(&mut reader.by_ref().take(length), &mut io::sink())?;
     let mut stream = stream;
-    stream.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\
-          Connection: close\r\n\r\n",
-    )?;
-    let _ = stream.shutdown(Shutdown::Write);
-    Ok(length)
+    loop {
+        let mut length = 0u64;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return if first {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+            first = false;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.trim().eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        io::copy(&mut reader.by_ref().take(length), &mut io::sink())?;
+        stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+        )?;
+        received(length);
+    }
 }
+
+/// How long the sink keeps an idle connection.
+const SINK_IDLE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
+    use std::net::Shutdown;
+
     use super::*;
 
     #[test]
@@ -237,17 +257,19 @@ mod tests {
     fn the_sink_answers_and_counts() {
         let sink = OtlpSink::start().unwrap();
         let mut stream = TcpStream::connect(sink.addr).unwrap();
+        // Two requests on one connection, then the client closes.
         stream
-            .write_all(b"POST /v1/traces HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .write_all(b"POST /v1/traces HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST /v1/traces HTTP/1.1\r\nContent-Length: 2\r\n\r\nde")
             .unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
         // The sink counts after answering: give it a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sink.received() != (1, 3) && Instant::now() < deadline {
+        while sink.received() != (2, 5) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(sink.received(), (1, 3));
+        assert_eq!(sink.received(), (2, 5));
     }
 }

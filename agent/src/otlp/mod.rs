@@ -7,12 +7,13 @@
 //! or hands them back to the user's span processor (spans from the user's
 //! tracing-opentelemetry pipeline, through `ProfilingSpanProcessor`).
 //!
-//! Export runs on a private single-threaded tokio runtime owned by this
-//! thread, with opentelemetry-otlp's exporter (HTTP/protobuf over hyper, or
-//! gRPC over tonic). A collector that is down or slow stalls only this
-//! thread, for at most the export timeout per batch; meanwhile the queue
-//! fills and further spans are dropped and counted, never waited for. Export
-//! resumes with the next batch once the collector answers.
+//! Our own spans are encoded straight into OTLP protobuf (`encode.rs`) and
+//! sent over HTTP/protobuf or gRPC (`client.rs`) from a private
+//! single-threaded tokio runtime owned by this thread. A collector that is
+//! down or slow stalls only this thread, for at most the export timeout per
+//! request; meanwhile the queue fills and further spans are dropped and
+//! counted, never waited for. Export resumes with the next batch once the
+//! collector answers.
 //!
 //! Attributes, on every span (zeros for a span that used no CPU):
 //!
@@ -25,8 +26,8 @@
 //! | `profile.flamegraph_url` | the agent's flame graph of the span |
 
 mod client;
+mod encode;
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -34,16 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
-use crate::config::{OtlpProtocol, OtlpSettings};
+use crate::config::OtlpSettings;
 use crate::handler::monotonic_now_ns;
 use crate::profiler::{Profiler, SpanSummary};
-use crate::spans::finished::{self, FinishedSpan, Pending, QUEUE_CAPACITY};
+use crate::spans::finished::{self, Pending, QUEUE_CAPACITY};
 use crate::{Error, threads};
 
 /// Spans sent in one export request, at most (the OpenTelemetry SDK's
@@ -132,10 +130,11 @@ struct Worker {
     counters: Arc<ExportCounters>,
 }
 
-/// The exporter and the runtime it runs on.
+/// The encoder, the transport and the runtime it runs on.
 struct Exporter {
     runtime: tokio::runtime::Runtime,
-    exporter: opentelemetry_otlp::SpanExporter,
+    transport: client::Transport,
+    encoder: encode::RequestEncoder,
     timeout: Duration,
 }
 
@@ -186,41 +185,21 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let timeout = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
-            .ok()
-            .and_then(|ms| ms.trim().parse().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
-        let mut exporter = runtime.block_on(async {
-            match settings.protocol {
-                OtlpProtocol::Grpc => {
-                    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(timeout);
-                    if let Some(endpoint) = &settings.endpoint {
-                        builder = builder.with_endpoint(endpoint.clone());
-                    }
-                    builder.build()
-                }
-                OtlpProtocol::HttpProtobuf => {
-                    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(Protocol::HttpBinary)
-                        .with_http_client(client::ExportClient { timeout })
-                        .with_timeout(timeout);
-                    if let Some(endpoint) = &settings.endpoint {
-                        builder = builder.with_endpoint(http_traces_endpoint(endpoint));
-                    }
-                    builder.build()
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
+        let transport = {
+            let _inside = runtime.enter();
+            client::Transport::new(settings)?
+        };
+        // Resolved once: the service name, OTEL_RESOURCE_ATTRIBUTES and the
+        // SDK's telemetry.sdk.* attributes, as every OpenTelemetry exporter
+        // reports them.
         let resource = Resource::builder()
             .with_service_name(self.profiler.config.service_name.clone())
             .build();
-        exporter.set_resource(&resource);
         Ok(Exporter {
             runtime,
-            exporter,
-            timeout,
+            transport,
+            encoder: encode::RequestEncoder::new(&resource, self.flamegraph_base.clone()),
+            timeout: settings.timeout,
         })
     }
 
@@ -233,129 +212,124 @@ impl Worker {
             .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
         let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
         let summaries = self.profiler.span_summaries(&span_ids);
-        let total = batch.len();
-        let to_export = |remaining: usize| Vec::with_capacity(remaining.min(MAX_BATCH));
-        let mut request = to_export(total);
-        for (i, (pending, summary)) in batch.drain(..).zip(&summaries).enumerate() {
+        let mut unexported = 0;
+        for ((pending, summary), &span_id) in batch.drain(..).zip(&summaries).zip(&span_ids) {
             match pending {
-                // Each span data is built straight into its request: they are
-                // large, and every move through another vector is a copy.
-                Pending::Recorded(span) => {
-                    request.push(self.span_data(*span, summary));
-                    if request.len() == MAX_BATCH
-                        && let Some(exporter) = exporter.as_deref_mut()
-                    {
-                        self.send(exporter, std::mem::replace(&mut request, to_export(total - i - 1)));
+                Pending::Recorded(span) => match exporter.as_deref_mut() {
+                    Some(exporter) => {
+                        exporter.encoder.push(&span, summary);
+                        if exporter.encoder.len() == MAX_BATCH {
+                            self.send(exporter);
+                        }
                     }
-                }
+                    None => unexported += 1,
+                },
                 Pending::Forwarded { mut span, forward } => {
                     let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-                    span.attributes.extend(self.attributes(summary, trace_id, span_ids[i]));
+                    span.attributes.extend(profile_attributes(
+                        summary,
+                        self.flamegraph_base.as_deref(),
+                        trace_id,
+                        span_id,
+                    ));
                     forward.on_end(*span);
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if let Some(exporter) = exporter
-            && !request.is_empty()
+            && !exporter.encoder.is_empty()
         {
-            self.send(exporter, request);
+            self.send(exporter);
         }
+        // Recorded for an exporter that could not be built (its warning was
+        // logged at start): they count as failed exports.
+        self.counters.export_failed.fetch_add(unexported, Ordering::Relaxed);
     }
 
-    /// One export request; a failure counts its spans and is not retried
-    /// (the next batch is the retry: spans keep coming).
-    fn send(&self, exporter: &mut Exporter, spans: Vec<SpanData>) {
-        let count = spans.len() as u64;
-        let result = exporter.runtime.block_on(async {
-            tokio::time::timeout(exporter.timeout + Duration::from_secs(1), exporter.exporter.export(spans)).await
-        });
-        match result {
-            Ok(Ok(())) => {
+    /// One export request of what the encoder holds; a failure counts its
+    /// spans and is not retried (the next batch is the retry: spans keep
+    /// coming).
+    fn send(&self, exporter: &mut Exporter) {
+        let count = exporter.encoder.len() as u64;
+        let request = exporter.encoder.finish();
+        let Exporter {
+            runtime,
+            transport,
+            timeout,
+            ..
+        } = exporter;
+        match runtime.block_on(transport.export(request, *timeout)) {
+            Ok(()) => {
                 self.counters.exported.fetch_add(count, Ordering::Relaxed);
                 self.counters.last_export_ok.store(true, Ordering::Relaxed);
             }
-            _ => {
+            Err(_) => {
                 self.counters.export_failed.fetch_add(count, Ordering::Relaxed);
                 self.counters.last_export_ok.store(false, Ordering::Relaxed);
             }
         }
     }
+}
 
-    /// The profile attributes of one span.
-    fn attributes(&self, summary: &SpanSummary, trace_id: u128, span_id: u64) -> Vec<KeyValue> {
-        let top: opentelemetry::Value = if summary.top_functions.is_empty() {
-            // Most spans: a static string, not an allocation per span.
-            "no CPU samples".into()
-        } else {
-            summary
-                .top_functions
-                .iter()
-                .map(|(function, share)| format!("{function} {share:.1}%"))
-                .collect::<Vec<_>>()
-                .join(", ")
-                .into()
-        };
-        let mut attributes = Vec::with_capacity(5);
-        attributes.extend([
-            KeyValue::new("profile.samples", summary.samples as i64),
-            KeyValue::new("profile.self_samples", summary.self_samples as i64),
-            // Tenths of a millisecond: finer would be noise at any sampling rate.
-            KeyValue::new("profile.cpu_time_ms", (summary.cpu_ns as f64 / 1e5).round() / 10.0),
-            KeyValue::new("profile.top_functions", top),
-        ]);
-        if let Some(base) = &self.flamegraph_base {
-            attributes.push(KeyValue::new("profile.flamegraph_url", flamegraph_url(base, trace_id, span_id)));
-        }
-        attributes
+/// The profile attributes of one span as key-values, for spans on their way
+/// to the user's own processor (our own spans are encoded with them
+/// directly, without these allocations).
+fn profile_attributes(
+    summary: &SpanSummary,
+    flamegraph_base: Option<&str>,
+    trace_id: u128,
+    span_id: u64,
+) -> Vec<KeyValue> {
+    let mut top = String::new();
+    top_functions_into(&mut top, summary);
+    let mut attributes = Vec::with_capacity(5);
+    attributes.extend([
+        KeyValue::new("profile.samples", summary.samples as i64),
+        KeyValue::new("profile.self_samples", summary.self_samples as i64),
+        KeyValue::new("profile.cpu_time_ms", cpu_time_ms(summary)),
+        KeyValue::new("profile.top_functions", top),
+    ]);
+    if let Some(base) = flamegraph_base {
+        let mut url = String::new();
+        flamegraph_url_into(&mut url, base, trace_id, span_id);
+        attributes.push(KeyValue::new("profile.flamegraph_url", url));
     }
+    attributes
+}
 
-    /// Our recorded span, in the SDK's export form.
-    fn span_data(&self, span: FinishedSpan, summary: &SpanSummary) -> SpanData {
-        let context = &span.context;
-        let mut attributes = span.attributes;
-        let mut events = SpanEvents::default();
-        events.events = span.events;
-        attributes.extend(self.attributes(summary, context.trace_id, context.span_id));
-        SpanData {
-            span_context: OtelSpanContext::new(
-                TraceId::from_bytes(context.trace_id.to_be_bytes()),
-                SpanId::from_bytes(context.span_id.to_be_bytes()),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::from_bytes(span.parent_span_id.to_be_bytes()),
-            parent_span_is_remote: false,
-            span_kind: span.kind,
-            name: Cow::Owned(span.name),
-            start_time: span.start,
-            end_time: span.end,
-            attributes,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
-            status: span.status,
-            instrumentation_scope: InstrumentationScope::builder("smolder")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+/// `profile.cpu_time_ms`: tenths of a millisecond, since finer would be
+/// noise at any sampling rate.
+fn cpu_time_ms(summary: &SpanSummary) -> f64 {
+    (summary.cpu_ns as f64 / 1e5).round() / 10.0
+}
+
+/// `profile.top_functions`: "name share%" pairs, hottest first.
+fn top_functions_into(out: &mut String, summary: &SpanSummary) {
+    use std::fmt::Write as _;
+    if summary.top_functions.is_empty() {
+        out.push_str("no CPU samples");
+    }
+    for (i, (function, share)) in summary.top_functions.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
         }
+        let _ = write!(out, "{function} {share:.1}%");
     }
 }
 
-/// The agent's flame graph of one span. Built by hand rather than with
-/// `format!`: it is made for every span, thousands a second, and the
+/// Appends the agent's flame graph of one span. Built by hand rather than
+/// with `format!`: it is made for every span, thousands a second, and the
 /// formatting machinery costs several times the few copies it comes to.
-fn flamegraph_url(base: &str, trace_id: u128, span_id: u64) -> String {
+fn flamegraph_url_into(url: &mut String, base: &str, trace_id: u128, span_id: u64) {
     const PATH: &str = "/debug/pprof/flamegraph?trace_id=";
     const SPAN: &str = "&span_id=";
-    let mut url = String::with_capacity(base.len() + PATH.len() + 32 + SPAN.len() + 16);
+    url.reserve(base.len() + PATH.len() + 32 + SPAN.len() + 16);
     url.push_str(base);
     url.push_str(PATH);
-    push_hex(&mut url, trace_id, 32);
+    push_hex(url, trace_id, 32);
     url.push_str(SPAN);
-    push_hex(&mut url, u128::from(span_id), 16);
-    url
+    push_hex(url, u128::from(span_id), 16);
 }
 
 /// Appends the low `digits` hex digits of `value`, zero-padded, lower case.
@@ -380,23 +354,17 @@ fn drain(inbox: &Receiver<Pending>, batch: &mut Vec<Pending>) -> bool {
     false
 }
 
-/// An HTTP endpoint given without a path gets the traces path, as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` does.
-fn http_traces_endpoint(endpoint: &str) -> String {
-    let trimmed = endpoint.trim_end_matches('/');
-    let has_path = trimmed
-        .split_once("://")
-        .map_or(trimmed, |(_, rest)| rest)
-        .contains('/');
-    if has_path { endpoint.to_owned() } else { format!("{trimmed}/v1/traces") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn flamegraph_urls_carry_zero_padded_ids() {
+        let flamegraph_url = |base, trace_id, span_id| {
+            let mut url = String::new();
+            flamegraph_url_into(&mut url, base, trace_id, span_id);
+            url
+        };
         assert_eq!(
             flamegraph_url("http://h:6060", 0xabc, 0x12),
             "http://h:6060/debug/pprof/flamegraph?trace_id=00000000000000000000000000000abc&span_id=0000000000000012"
@@ -406,12 +374,5 @@ mod tests {
             flamegraph_url("", trace_id, span_id),
             format!("/debug/pprof/flamegraph?trace_id={trace_id:032x}&span_id={span_id:016x}")
         );
-    }
-
-    #[test]
-    fn http_endpoints_get_the_traces_path_only_when_bare() {
-        assert_eq!(http_traces_endpoint("http://c:4318"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_endpoint("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_endpoint("http://c:4318/custom/path"), "http://c:4318/custom/path");
     }
 }

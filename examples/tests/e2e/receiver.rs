@@ -1,11 +1,13 @@
-//! An OTLP/HTTP receiver for the tests: accepts `POST /v1/traces`, decodes
-//! each body with the official protocol types (`opentelemetry-proto`) and
-//! keeps the spans. It can also misbehave on demand (answer 500 or 429, or
-//! never answer), and be stopped and restarted on the same port.
+//! An OTLP/HTTP receiver for the tests: accepts `POST /v1/traces` on
+//! kept-alive connections, decodes each body (gzip or not) with the
+//! official protocol types (`opentelemetry-proto`) and keeps the spans, the
+//! last request's headers and a count of connections. It can also misbehave
+//! on demand (answer 500 or 429, or never answer), and be stopped and
+//! restarted on the same port.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 /// How the receiver answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Behaviour {
+    #[default]
     Accept,
     Status(u16),
     Hang,
@@ -74,13 +77,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the receiver's threads share.
+#[derive(Default)]
+struct Shared {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    behaviour: Mutex<Behaviour>,
+    requests: AtomicU64,
+    connections: AtomicU64,
+    /// The last request's headers, names in lower case.
+    headers: Mutex<Vec<(String, String)>>,
+    stop: AtomicBool,
+}
+
 /// A running receiver.
 pub struct Receiver {
     pub addr: SocketAddr,
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    behaviour: Arc<Mutex<Behaviour>>,
-    requests: Arc<Mutex<u64>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -105,30 +117,16 @@ impl Receiver {
         };
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let behaviour = Arc::new(Mutex::new(Behaviour::Accept));
-        let requests = Arc::new(Mutex::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
         let thread = {
-            let (spans, behaviour, requests, stop) = (
-                spans.clone(),
-                behaviour.clone(),
-                requests.clone(),
-                stop.clone(),
-            );
+            let shared = shared.clone();
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                while !shared.stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let (spans, behaviour, requests, stop) = (
-                                spans.clone(),
-                                behaviour.clone(),
-                                requests.clone(),
-                                stop.clone(),
-                            );
-                            std::thread::spawn(move || {
-                                serve(stream, &spans, &behaviour, &requests, &stop)
-                            });
+                            shared.connections.fetch_add(1, Ordering::Relaxed);
+                            let shared = shared.clone();
+                            std::thread::spawn(move || serve(stream, &shared));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
@@ -137,10 +135,7 @@ impl Receiver {
         };
         Receiver {
             addr,
-            spans,
-            behaviour,
-            requests,
-            stop,
+            shared,
             thread: Some(thread),
         }
     }
@@ -150,15 +145,29 @@ impl Receiver {
     }
 
     pub fn set(&self, behaviour: Behaviour) {
-        *self.behaviour.lock().unwrap() = behaviour;
+        *self.shared.behaviour.lock().unwrap() = behaviour;
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.shared.spans.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> u64 {
-        *self.requests.lock().unwrap()
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// The value of header `name` (lower case) on the last request.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let headers = self.shared.headers.lock().unwrap();
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// Waits until the received spans satisfy `done`.
@@ -183,7 +192,7 @@ impl Receiver {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -197,19 +206,13 @@ impl Drop for Receiver {
 }
 
 /// Serves one keep-alive connection.
-fn serve(
-    stream: TcpStream,
-    spans: &Mutex<Vec<ReceivedSpan>>,
-    behaviour: &Mutex<Behaviour>,
-    requests: &Mutex<u64>,
-    stop: &AtomicBool,
-) {
+fn serve(stream: TcpStream, shared: &Shared) {
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         let mut content_length = None;
         let mut line = String::new();
         match reader.read_line(&mut line) {
@@ -220,6 +223,7 @@ fn serve(
         if line.trim().is_empty() {
             continue;
         }
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -228,10 +232,12 @@ fn serve(
             if header.trim().is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse().ok();
+            if let Some((name, value)) = header.split_once(':') {
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                if name == "content-length" {
+                    content_length = value.parse().ok();
+                }
+                headers.push((name, value));
             }
         }
         let mut body = vec![0; content_length.unwrap_or(0)];
@@ -244,11 +250,22 @@ fn serve(
         let _ = reader
             .get_mut()
             .set_read_timeout(Some(Duration::from_millis(200)));
-        *requests.lock().unwrap() += 1;
-        let answer = *behaviour.lock().unwrap();
+        let gzipped = headers
+            .iter()
+            .any(|(name, value)| name == "content-encoding" && value == "gzip");
+        if gzipped {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(body.as_slice())
+                .read_to_end(&mut plain)
+                .expect("a gzip body that decompresses");
+            body = plain;
+        }
+        *shared.headers.lock().unwrap() = headers;
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = *shared.behaviour.lock().unwrap();
         match answer {
             Behaviour::Hang => {
-                while !stop.load(Ordering::Relaxed) {
+                while !shared.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 return;
@@ -262,7 +279,7 @@ fn serve(
             Behaviour::Accept => {
                 let request = ExportTraceServiceRequest::decode(body.as_slice())
                     .expect("a valid OTLP export request");
-                let mut received = spans.lock().unwrap();
+                let mut received = shared.spans.lock().unwrap();
                 for resource_spans in request.resource_spans {
                     let service = resource_spans
                         .resource

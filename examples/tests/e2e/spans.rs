@@ -295,6 +295,48 @@ fn export_survives_a_receiver_outage() {
 }
 
 #[test]
+fn export_sends_configured_headers_gzipped_over_one_kept_connection() {
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=s%3Dcret, x-team=checkout",
+            ),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    );
+    // Spans go out at least once a second: wait for a few requests.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.requests() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(receiver.requests() >= 3, "{} requests", receiver.requests());
+    assert_eq!(receiver.last_header("x-api-key").as_deref(), Some("s=cret"));
+    assert_eq!(receiver.last_header("x-team").as_deref(), Some("checkout"));
+    assert_eq!(
+        receiver.last_header("content-encoding").as_deref(),
+        Some("gzip")
+    );
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "every request went over the one kept-alive connection"
+    );
+    let spans = receiver.spans();
+    assert!(
+        !spans.is_empty() && spans.iter().all(|s| s.service == "traced"),
+        "the gzipped requests decode to the fixture's spans"
+    );
+    assert!(spans.iter().all(|s| s.int("profile.samples").is_some()));
+    let summary = traced.finish();
+    assert_eq!(summary["spans_export_failed"], "0");
+}
+
+#[test]
 fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     let receiver = Receiver::start();
     let mut traced = Traced::start(

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use crate::Error;
 
+mod otlp;
+
+pub use otlp::OtlpProtocol;
+pub(crate) use otlp::OtlpSettings;
+
 /// How the signal handler walks the interrupted thread's stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -37,27 +42,6 @@ pub enum Engine {
     /// kernel tick for the whole process and biased on many cores; only a
     /// fallback.
     Setitimer,
-}
-
-/// The OTLP transport for exported spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OtlpProtocol {
-    /// Protobuf over HTTP (`http/protobuf`, port 4318 by convention).
-    #[default]
-    HttpProtobuf,
-    /// gRPC (`grpc`, port 4317 by convention).
-    Grpc,
-}
-
-impl OtlpProtocol {
-    /// The name used in `OTEL_EXPORTER_OTLP_PROTOCOL`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OtlpProtocol::HttpProtobuf => "http/protobuf",
-            OtlpProtocol::Grpc => "grpc",
-        }
-    }
 }
 
 impl Engine {
@@ -98,16 +82,6 @@ pub(crate) struct Config {
     pub(crate) http: HttpSettings,
     /// Where spans go; `None`: not exported.
     pub(crate) otlp: Option<OtlpSettings>,
-}
-
-/// Span export settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OtlpSettings {
-    /// An endpoint given to the builder (used verbatim, with `/v1/traces`
-    /// added for HTTP when it has no path); `None`: the exporter reads
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` itself.
-    pub(crate) endpoint: Option<String>,
-    pub(crate) protocol: OtlpProtocol,
 }
 
 /// The HTTP endpoint's settings.
@@ -659,48 +633,8 @@ impl AgentBuilder {
                     .filter(|u| !u.trim().is_empty())
                     .map(|u| u.trim().trim_end_matches('/').to_owned()),
             },
-            otlp: self.resolve_otlp(env)?,
+            otlp: otlp::resolve(self.otlp_endpoint.as_deref(), self.otlp_protocol, env)?,
         })
-    }
-
-    /// Whether and how spans are exported: the builder's endpoint, else the
-    /// standard OpenTelemetry variables.
-    fn resolve_otlp(&self, env: &impl Env) -> Result<Option<OtlpSettings>, Error> {
-        let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
-        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-            || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"))
-        {
-            return Ok(None);
-        }
-        let from_env = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if self.otlp_endpoint.is_none() && from_env.is_none() {
-            return Ok(None);
-        }
-        let protocol = match self.otlp_protocol {
-            Some(protocol) => protocol,
-            None => {
-                let var = if set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
-                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-                } else {
-                    "OTEL_EXPORTER_OTLP_PROTOCOL"
-                };
-                parse_choice(
-                    env,
-                    var,
-                    "grpc or http/protobuf (http/json is not supported)",
-                    &[
-                        ("grpc", OtlpProtocol::Grpc),
-                        ("http/protobuf", OtlpProtocol::HttpProtobuf),
-                    ],
-                )?
-                .unwrap_or_default()
-            }
-        };
-        Ok(Some(OtlpSettings {
-            endpoint: self.otlp_endpoint.clone(),
-            protocol,
-        }))
     }
 }
 
@@ -710,7 +644,7 @@ mod tests {
 
     use super::*;
 
-    struct MapEnv(HashMap<&'static str, &'static str>);
+    pub(super) struct MapEnv(HashMap<&'static str, &'static str>);
 
     impl Env for MapEnv {
         fn var(&self, name: &str) -> Option<String> {
@@ -718,7 +652,7 @@ mod tests {
         }
     }
 
-    fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
+    pub(super) fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
         MapEnv(pairs.iter().copied().collect())
     }
 
@@ -817,45 +751,6 @@ mod tests {
             .resolve(&env(&[("OTEL_SERVICE_NAME", "checkout")]))
             .unwrap();
         assert_eq!(named.service_name, "checkout");
-    }
-
-    #[test]
-    fn otlp_follows_the_standard_variables() {
-        assert_eq!(
-            AgentBuilder::default().resolve(&env(&[])).unwrap().otlp,
-            None
-        );
-        let e = env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ]);
-        let otlp = AgentBuilder::default().resolve(&e).unwrap().otlp.unwrap();
-        assert_eq!((otlp.endpoint, otlp.protocol), (None, OtlpProtocol::Grpc));
-        let disabled = env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ]);
-        assert_eq!(
-            AgentBuilder::default().resolve(&disabled).unwrap().otlp,
-            None
-        );
-        let json = env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ]);
-        let message = AgentBuilder::default()
-            .resolve(&json)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && message.contains("http/protobuf"),
-            "{message}"
-        );
-        let explicit = AgentBuilder::default()
-            .otlp_endpoint("http://127.0.0.1:4318")
-            .resolve(&env(&[]))
-            .unwrap();
-        assert_eq!(explicit.otlp.unwrap().protocol, OtlpProtocol::HttpProtobuf);
     }
 
     #[test]

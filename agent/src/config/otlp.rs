@@ -1,0 +1,349 @@
+//! Span export settings from the standard OpenTelemetry variables.
+//!
+//! The exporter reads nothing from the environment itself: everything is
+//! resolved here, once, at start, so that a bad value fails `start` with a
+//! message naming the variable (as every `SMOLDER_*` variable does) instead
+//! of failing each export later. Names and meanings follow the
+//! OpenTelemetry exporter specification: a signal-specific variable
+//! (`OTEL_EXPORTER_OTLP_TRACES_*`) wins over the general one.
+
+use std::time::Duration;
+
+use super::{Env, parse_choice};
+use crate::Error;
+
+/// The OTLP transport for exported spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`http/protobuf`, port 4318 by convention).
+    #[default]
+    HttpProtobuf,
+    /// gRPC (`grpc`, port 4317 by convention).
+    Grpc,
+}
+
+impl OtlpProtocol {
+    /// The name used in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Where and how spans are exported, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtlpSettings {
+    /// The URL requests go to: for HTTP the whole URL of the traces route,
+    /// for gRPC the server's address.
+    pub(crate) endpoint: String,
+    pub(crate) protocol: OtlpProtocol,
+    /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS`), e.g. an API key.
+    pub(crate) headers: Vec<(String, String)>,
+    /// How long one export request may take.
+    pub(crate) timeout: Duration,
+    /// Whether request bodies are gzip-compressed.
+    pub(crate) gzip: bool,
+}
+
+/// The specification's default export timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The builder's choices, if any, over the environment's. `None`: spans
+/// are not exported (no endpoint anywhere, or OpenTelemetry disabled).
+pub(crate) fn resolve(
+    endpoint: Option<&str>,
+    protocol: Option<OtlpProtocol>,
+    env: &impl Env,
+) -> Result<Option<OtlpSettings>, Error> {
+    let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+    let is_true = |name: &str| set(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let is_none = |name: &str| set(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    if is_true("OTEL_SDK_DISABLED") || is_none("OTEL_TRACES_EXPORTER") {
+        return Ok(None);
+    }
+    // Which variable is in force: the traces one if set, else the general one.
+    let pick = |traces: &'static str, general: &'static str| {
+        if set(traces).is_some() {
+            traces
+        } else {
+            general
+        }
+    };
+
+    let protocol = match protocol {
+        Some(protocol) => protocol,
+        None => parse_choice(
+            env,
+            pick(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            "grpc or http/protobuf (http/json is not supported)",
+            &[
+                ("grpc", OtlpProtocol::Grpc),
+                ("http/protobuf", OtlpProtocol::HttpProtobuf),
+            ],
+        )?
+        .unwrap_or_default(),
+    };
+    let endpoint = match (
+        endpoint,
+        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        set("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        (Some(given), _, _) if protocol == OtlpProtocol::HttpProtobuf => {
+            http_traces_endpoint(given)
+        }
+        (Some(given), _, _) => given.trim().to_owned(),
+        // The signal-specific URL is used as it is, for either protocol.
+        (None, Some(traces), _) => traces.trim().to_owned(),
+        (None, None, Some(base)) if protocol == OtlpProtocol::HttpProtobuf => {
+            format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+        }
+        (None, None, Some(base)) => base.trim().to_owned(),
+        (None, None, None) => return Ok(None),
+    };
+
+    let headers_var = pick(
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    );
+    let headers = match env.var(headers_var) {
+        Some(raw) => parse_headers(&raw).ok_or(Error::InvalidEnvironment {
+            var: headers_var,
+            value: raw,
+            expected: "comma-separated name=value pairs with header names of letters, digits and -_., \
+                       values percent-encoded where needed",
+        })?,
+        None => Vec::new(),
+    };
+
+    let timeout_var = pick(
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    );
+    let timeout = match set(timeout_var) {
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                return Err(Error::InvalidEnvironment {
+                    var: timeout_var,
+                    value: raw,
+                    expected: "a whole number of milliseconds, at least 1",
+                });
+            }
+        },
+        None => DEFAULT_TIMEOUT,
+    };
+
+    let gzip = parse_choice(
+        env,
+        pick(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        "gzip or none",
+        &[("gzip", true), ("none", false)],
+    )?
+    .unwrap_or(false);
+
+    Ok(Some(OtlpSettings {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+        gzip,
+    }))
+}
+
+/// An HTTP endpoint given without a path gets the traces path.
+fn http_traces_endpoint(endpoint: &str) -> String {
+    let endpoint = endpoint.trim();
+    let trimmed = endpoint.trim_end_matches('/');
+    let has_path = trimmed
+        .split_once("://")
+        .map_or(trimmed, |(_, rest)| rest)
+        .contains('/');
+    if has_path {
+        endpoint.to_owned()
+    } else {
+        format!("{trimmed}/v1/traces")
+    }
+}
+
+/// `name=value,name=value`, values percent-decoded, spaces around each part
+/// ignored. `None` when any pair is malformed: a header silently lost would
+/// show up only as a collector refusing every export.
+fn parse_headers(raw: &str) -> Option<Vec<(String, String)>> {
+    raw.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let name = name.trim();
+            let value = percent_decode(value.trim())?;
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+            let value_ok = value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+            (name_ok && value_ok).then(|| (name.to_ascii_lowercase(), value))
+        })
+        .collect()
+}
+
+/// `%XX` escapes to bytes; `None` for a broken escape or a result that is
+/// not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::env;
+
+    fn resolved(pairs: &[(&'static str, &'static str)]) -> Result<Option<OtlpSettings>, Error> {
+        resolve(None, None, &env(pairs))
+    }
+
+    #[test]
+    fn no_endpoint_or_disabled_means_no_export() {
+        assert_eq!(resolved(&[]).unwrap(), None);
+        let disabled = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ];
+        assert_eq!(resolved(&disabled).unwrap(), None);
+        let none = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ];
+        assert_eq!(resolved(&none).unwrap(), None);
+    }
+
+    #[test]
+    fn endpoints_follow_the_specification() {
+        let http = resolved(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (http.endpoint.as_str(), http.protocol),
+            ("http://c:4318/v1/traces", OtlpProtocol::HttpProtobuf)
+        );
+        // The general variable always gets the signal's path, even after a path.
+        let prefixed = resolved(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/otlp")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(prefixed.endpoint, "http://c:4318/otlp/v1/traces");
+        let traces = resolved(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(traces.endpoint, "http://c:4318/custom");
+        let grpc = resolved(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (grpc.endpoint.as_str(), grpc.protocol),
+            ("http://collector:4317", OtlpProtocol::Grpc)
+        );
+        // The builder's URL: the traces path only when it has no path.
+        let given = |url| {
+            resolve(Some(url), None, &env(&[]))
+                .unwrap()
+                .unwrap()
+                .endpoint
+        };
+        assert_eq!(given("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(given("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            given("http://c:4318/custom/path"),
+            "http://c:4318/custom/path"
+        );
+        let given_grpc = resolve(Some("http://c:4317"), Some(OtlpProtocol::Grpc), &env(&[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(given_grpc.endpoint, "http://c:4317");
+    }
+
+    #[test]
+    fn headers_timeout_and_compression_are_read_and_checked() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let defaults = resolved(&[base]).unwrap().unwrap();
+        assert_eq!(
+            (defaults.headers.len(), defaults.timeout, defaults.gzip),
+            (0, DEFAULT_TIMEOUT, false)
+        );
+        let set = resolved(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "ignored=1"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                " Api-Key = s%20e%3Dcret ,x-team=checkout,",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP"),
+        ])
+        .unwrap()
+        .unwrap();
+        let expected = [("api-key", "s e=cret"), ("x-team", "checkout")]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(set.headers, expected);
+        assert_eq!((set.timeout, set.gzip), (Duration::from_millis(2500), true));
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "bad name=1"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=%0a"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ] {
+            let message = resolved(&[base, (var, value)]).unwrap_err().to_string();
+            assert!(message.contains(var), "{var}={value}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_builder_wins_over_the_environment() {
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        let settings = resolve(
+            Some("http://given:4318"),
+            Some(OtlpProtocol::HttpProtobuf),
+            &e,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (settings.endpoint.as_str(), settings.protocol),
+            ("http://given:4318/v1/traces", OtlpProtocol::HttpProtobuf)
+        );
+    }
+}
