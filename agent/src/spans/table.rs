@@ -43,7 +43,12 @@ pub(crate) struct SpanTable {
     spans: FastMap<u64, SpanEntry>,
     max_spans: usize,
     max_entries: usize,
+    /// Entries over all spans' aggregates.
     entries: usize,
+    /// Bytes of all spans' aggregates, kept up to date as they change: the
+    /// collector reports memory after every drain, and summing it there
+    /// would read every tracked span (up to `max_spans`) 40 times a second.
+    aggregate_bytes: usize,
     /// Spans forgotten to stay within bounds.
     pub(crate) evicted: u64,
 }
@@ -55,6 +60,7 @@ impl SpanTable {
             max_spans,
             max_entries,
             entries: 0,
+            aggregate_bytes: 0,
             evicted: 0,
         }
     }
@@ -81,9 +87,10 @@ impl SpanTable {
             entry.local_root |= span_id == context.local_root;
             entry.total_cpu_ns += observation.weight;
             entry.last_ns = observation.timestamp_ns;
-            let before = entry.aggregate.len();
+            let (len_before, bytes_before) = (entry.aggregate.len(), entry.aggregate.memory_bytes());
             entry.aggregate.add(observation);
-            self.entries += entry.aggregate.len() - before;
+            self.entries += entry.aggregate.len() - len_before;
+            self.aggregate_bytes = self.aggregate_bytes + entry.aggregate.memory_bytes() - bytes_before;
         }
         if self.spans.len() > self.max_spans || self.entries > self.max_entries {
             self.evict();
@@ -103,6 +110,7 @@ impl SpanTable {
             }
             if let Some(entry) = self.spans.remove(&id) {
                 self.entries -= entry.aggregate.len();
+                self.aggregate_bytes -= entry.aggregate.memory_bytes();
                 self.evicted += 1;
             }
         }
@@ -114,7 +122,14 @@ impl SpanTable {
         let before = self.spans.len();
         self.spans.retain(|_, entry| entry.last_ns >= horizon_ns);
         self.evicted += (before - self.spans.len()) as u64;
-        self.entries = self.spans.values().map(|e| e.aggregate.len()).sum();
+        self.recount();
+    }
+
+    /// Sums the totals afresh, after changes to many spans at once.
+    fn recount(&mut self) {
+        (self.entries, self.aggregate_bytes) = self.spans.values().fold((0, 0), |(entries, bytes), e| {
+            (entries + e.aggregate.len(), bytes + e.aggregate.memory_bytes())
+        });
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -147,16 +162,11 @@ impl SpanTable {
         for entry in self.spans.values_mut() {
             entry.aggregate.remap(stacks, threads);
         }
-        self.entries = self.spans.values().map(|e| e.aggregate.len()).sum();
+        self.recount();
     }
 
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.spans.capacity() * (std::mem::size_of::<(u64, SpanEntry)>() + 1)
-            + self
-                .spans
-                .values()
-                .map(|e| e.aggregate.memory_bytes())
-                .sum::<usize>()
+        self.spans.capacity() * (std::mem::size_of::<(u64, SpanEntry)>() + 1) + self.aggregate_bytes
     }
 }
 
@@ -233,5 +243,27 @@ mod tests {
         assert!(table.get(100).is_some(), "recent spans are kept");
         assert!(table.get(1).is_none(), "old spans are forgotten");
         assert!(table.evicted >= 90);
+    }
+
+    #[test]
+    fn running_totals_match_a_recount() {
+        let check = |table: &SpanTable| {
+            let entries: usize = table.spans.values().map(|e| e.aggregate.len()).sum();
+            let bytes: usize = table.spans.values().map(|e| e.aggregate.memory_bytes()).sum();
+            assert_eq!((table.entries, table.aggregate_bytes), (entries, bytes));
+        };
+        let mut table = SpanTable::new(50, 2_000);
+        for span in 1..=200_u64 {
+            // Nested spans, several stacks each, so aggregates grow and
+            // reallocate, and older spans are evicted.
+            for stack in 0..(span % 7 + 1) {
+                table.offer(&context(span, &[span / 2 + 1], 1), &obs(stack as StackId, span));
+            }
+            check(&table);
+        }
+        assert!(table.evicted > 0);
+        table.expire(150);
+        check(&table);
+        assert!(table.memory_bytes() > table.aggregate_bytes);
     }
 }
