@@ -20,12 +20,16 @@
 //! 5. **Impact** ([`impact`]): the demo shop under `wrk` with the agent off,
 //!    at 99 and 999 Hz, and while flame graphs are fetched: throughput and
 //!    latency ratios, CPU per request.
+//! 6. **Spans** ([`spans`]): CPU per traced span, on the thread making it
+//!    and in the whole process until exported, Smolder exporting against
+//!    the OpenTelemetry SDK pipeline.
 //!
 //! ```text
 //! cargo run --release -p smolder-benches                # cost, accounting, memory, render
 //! cargo run --release -p smolder-benches -- cost        # one section
 //! cargo run --release -p smolder-benches -- impact      # needs wrk (apt-get install -y wrk)
-//! cargo run --release -p smolder-benches -- all         # all five
+//! cargo run --release -p smolder-benches -- spans       # one section
+//! cargo run --release -p smolder-benches -- all         # all six
 //! cargo run --release -p smolder-benches -- --rounds 3  # fewer rounds
 //! cargo run --release -p smolder-benches -- impact --targets-only --rounds 30 --seconds 5
 //! ```
@@ -52,6 +56,7 @@ mod http;
 mod impact;
 mod memory;
 mod render;
+mod spans;
 mod sys;
 
 use std::process::ExitCode;
@@ -81,20 +86,23 @@ struct Options {
     memory: bool,
     render: bool,
     impact: bool,
+    spans: bool,
     cost_rounds: usize,
     accounting_rounds: usize,
     impact_rounds: usize,
+    spans_rounds: usize,
     impact_seconds: u64,
     impact_targets_only: bool,
     full_history: bool,
 }
 
-const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact]... \
+const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact|spans]... \
     [--rounds N] [--seconds S] [--targets-only] [--full-history]\n\
     \n\
-    Runs the chosen sections (default: cost, accounting, memory and render;\n\
-    `all` adds impact, which needs wrk). --rounds sets the rounds of the cost\n\
-    (default 7), accounting (3) and impact (5) sections; --seconds the length\n\
+    Runs the chosen sections (default: cost, accounting, memory, render and\n\
+    spans; `all` adds impact, which needs wrk). --rounds sets the rounds of\n\
+    the cost (default 7), accounting (3), impact (5) and spans (3) sections;\n\
+    --seconds the length\n\
     of each measured impact slice (default 8); --targets-only runs only the\n\
     impact variants the 99 Hz targets compare. --full-history adds a\n\
     16-minute run to the render section: 15 minutes of history, measured.\n\
@@ -108,9 +116,11 @@ impl Options {
             memory: false,
             render: false,
             impact: false,
+            spans: false,
             cost_rounds: 7,
             accounting_rounds: 3,
             impact_rounds: 5,
+            spans_rounds: 3,
             impact_seconds: 8,
             impact_targets_only: false,
             full_history: false,
@@ -130,17 +140,20 @@ impl Options {
                     options.memory = true;
                     options.render = true;
                     options.impact = true;
+                    options.spans = true;
                 }
                 "cost" => options.cost = true,
                 "accounting" => options.accounting = true,
                 "memory" => options.memory = true,
                 "render" => options.render = true,
                 "impact" => options.impact = true,
+                "spans" => options.spans = true,
                 "--rounds" => {
                     let rounds = positive(&mut args)?;
                     options.cost_rounds = rounds;
                     options.accounting_rounds = rounds;
                     options.impact_rounds = rounds;
+                    options.spans_rounds = rounds;
                 }
                 "--seconds" => options.impact_seconds = positive(&mut args)? as u64,
                 "--full-history" => options.full_history = true,
@@ -152,12 +165,14 @@ impl Options {
             || options.accounting
             || options.memory
             || options.render
-            || options.impact)
+            || options.impact
+            || options.spans)
         {
             options.cost = true;
             options.accounting = true;
             options.memory = true;
             options.render = true;
+            options.spans = true;
         }
         Ok(options)
     }
@@ -180,14 +195,15 @@ fn main() -> ExitCode {
 
 /// `child <section> <args>`: one measurement, printed as a `RESULT` line.
 fn run_child(args: &[String]) -> Result<(), HarnessError> {
-    let (section, rest) = args
-        .split_first()
-        .ok_or_else(|| HarnessError("usage: child cost|accounting|memory|render ...".into()))?;
+    let (section, rest) = args.split_first().ok_or_else(|| {
+        HarnessError("usage: child cost|accounting|memory|render|spans ...".into())
+    })?;
     let fields = match section.as_str() {
         "cost" => cost::child(rest)?,
         "accounting" => accounting::child(rest)?,
         "memory" => memory::child(rest)?,
         "render" => render::child(rest)?,
+        "spans" => spans::child(rest)?,
         other => return child::fail(format!("unknown child section `{other}`")),
     };
     fields.emit();
@@ -258,6 +274,10 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
     } else {
         None
     };
+    if options.spans {
+        eprintln!("spans ({} rounds)...", options.spans_rounds);
+        spans::run(options.spans_rounds)?.print()?;
+    }
     let impact = if options.impact {
         eprintln!(
             "impact ({} rounds x {} s)...",

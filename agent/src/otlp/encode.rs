@@ -424,7 +424,7 @@ mod tests {
                 ..SpanContext::NONE
             },
             parent_span_id,
-            name: format!("span {span_id}"),
+            name: Cow::Owned(format!("span {span_id}")),
             kind: SpanKind::Internal,
             start,
             end: start + Duration::from_micros(1500),
@@ -453,7 +453,7 @@ mod tests {
             parent_span_id: SpanId::from_bytes(span.parent_span_id.to_be_bytes()),
             parent_span_is_remote: false,
             span_kind: span.kind.clone(),
-            name: Cow::Owned(span.name.clone()),
+            name: span.name.clone(),
             start_time: span.start,
             end_time: span.end,
             attributes,

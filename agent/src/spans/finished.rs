@@ -19,7 +19,7 @@ use super::context::SpanContext;
 pub(crate) struct FinishedSpan {
     pub(crate) context: SpanContext,
     pub(crate) parent_span_id: u64,
-    pub(crate) name: String,
+    pub(crate) name: std::borrow::Cow<'static, str>,
     pub(crate) kind: SpanKind,
     pub(crate) start: SystemTime,
     pub(crate) end: SystemTime,

@@ -13,6 +13,7 @@
 //! each span's fields, events and times, and on close hands the finished
 //! span to the exporter's queue without waiting.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::sync::OnceLock;
@@ -83,8 +84,10 @@ struct SpanState {
     record: Option<SpanRecord>,
 }
 
+/// Keys and most names are the callsite's `&'static str`s, so that a
+/// span costs as few allocations on the host's thread as it can.
 struct SpanRecord {
-    name: String,
+    name: Cow<'static, str>,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
     events: Vec<Event>,
@@ -111,7 +114,7 @@ where
         let record = (finished::is_exporting() && !self.otel_pipeline.load(Ordering::Relaxed))
             .then(|| {
                 let mut record = SpanRecord {
-                    name: attrs.metadata().name().to_owned(),
+                    name: Cow::Borrowed(attrs.metadata().name()),
                     kind: SpanKind::Internal,
                     attributes: location_attributes(attrs.metadata()),
                     events: Vec::new(),
@@ -326,13 +329,12 @@ impl ThreadIdBits for std::thread::ThreadId {
 }
 
 /// `code.*` attributes from the span's callsite.
-fn location_attributes(metadata: &tracing::Metadata<'_>) -> Vec<KeyValue> {
-    let mut attributes = vec![KeyValue::new(
-        "code.namespace",
-        metadata.target().to_owned(),
-    )];
+fn location_attributes(metadata: &'static tracing::Metadata<'static>) -> Vec<KeyValue> {
+    // Room for the span's own fields too, so most spans never regrow it.
+    let mut attributes = Vec::with_capacity(3 + metadata.fields().len());
+    attributes.push(KeyValue::new("code.namespace", metadata.target()));
     if let Some(file) = metadata.file() {
-        attributes.push(KeyValue::new("code.filepath", file.to_owned()));
+        attributes.push(KeyValue::new("code.filepath", file));
     }
     if let Some(line) = metadata.line() {
         attributes.push(KeyValue::new("code.lineno", i64::from(line)));
@@ -348,7 +350,7 @@ impl FieldRecorder<'_> {
     fn set(&mut self, field: &Field, value: Value) {
         let record = &mut *self.0;
         match field.name() {
-            "otel.name" => record.name = value.as_str().into_owned(),
+            "otel.name" => record.name = Cow::Owned(value.as_str().into_owned()),
             "otel.kind" => {
                 record.kind = match value.as_str().to_ascii_lowercase().as_str() {
                     "server" => SpanKind::Server,
@@ -372,9 +374,7 @@ impl FieldRecorder<'_> {
             }
             name => {
                 record.attributes.retain(|kv| kv.key.as_str() != name);
-                record
-                    .attributes
-                    .push(KeyValue::new(name.to_owned(), value));
+                record.attributes.push(KeyValue::new(name, value));
             }
         }
     }
@@ -420,9 +420,7 @@ impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message = Some(value.to_owned()),
-            name => self
-                .attributes
-                .push(KeyValue::new(name.to_owned(), value.to_owned())),
+            name => self.attributes.push(KeyValue::new(name, value.to_owned())),
         }
     }
 
@@ -431,7 +429,7 @@ impl Visit for EventFields {
             "message" => self.message = Some(format!("{value:?}")),
             name => self
                 .attributes
-                .push(KeyValue::new(name.to_owned(), format!("{value:?}"))),
+                .push(KeyValue::new(name, format!("{value:?}"))),
         }
     }
 }
