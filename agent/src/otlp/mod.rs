@@ -281,8 +281,14 @@ fn profile_attributes(
     trace_id: u128,
     span_id: u64,
 ) -> Vec<KeyValue> {
-    let mut top = String::new();
-    top_functions_into(&mut top, summary);
+    let top: opentelemetry::Value = if summary.top_functions.is_empty() {
+        // Most spans: a static string, not an allocation per span.
+        NO_SAMPLES.into()
+    } else {
+        let mut top = String::new();
+        top_functions_into(&mut top, summary);
+        top.into()
+    };
     let mut attributes = Vec::with_capacity(5);
     attributes.extend([
         KeyValue::new("profile.samples", summary.samples as i64),
@@ -304,11 +310,14 @@ fn cpu_time_ms(summary: &SpanSummary) -> f64 {
     (summary.cpu_ns as f64 / 1e5).round() / 10.0
 }
 
+/// `profile.top_functions` of a span that was never sampled.
+const NO_SAMPLES: &str = "no CPU samples";
+
 /// `profile.top_functions`: "name share%" pairs, hottest first.
 fn top_functions_into(out: &mut String, summary: &SpanSummary) {
     use std::fmt::Write as _;
     if summary.top_functions.is_empty() {
-        out.push_str("no CPU samples");
+        out.push_str(NO_SAMPLES);
     }
     for (i, (function, share)) in summary.top_functions.iter().enumerate() {
         if i > 0 {
