@@ -112,9 +112,11 @@ pub(crate) fn resolve(
         "OTEL_EXPORTER_OTLP_HEADERS",
     );
     let headers = match env.var(headers_var) {
-        Some(raw) => parse_headers(&raw).ok_or(Error::InvalidEnvironment {
+        Some(raw) => parse_headers(&raw).ok_or_else(|| Error::InvalidEnvironment {
             var: headers_var,
-            value: raw,
+            // The values are often credentials: the message names only the
+            // headers.
+            value: redacted(&raw),
             expected: "comma-separated name=value pairs with header names of letters, digits and -_., \
                        values percent-encoded where needed",
         })?,
@@ -194,6 +196,17 @@ fn parse_headers(raw: &str) -> Option<Vec<(String, String)>> {
             (name_ok && value_ok).then(|| (name.to_ascii_lowercase(), value))
         })
         .collect()
+}
+
+/// `name=…,name=…`: a headers value fit for an error message.
+fn redacted(raw: &str) -> String {
+    raw.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{}=…", name.trim()),
+            None => pair.trim().to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `%XX` escapes to bytes; `None` for a broken escape or a result that is
@@ -326,6 +339,16 @@ mod tests {
             let message = resolved(&[base, (var, value)]).unwrap_err().to_string();
             assert!(message.contains(var), "{var}={value}: {message}");
         }
+        let secret = resolved(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret,broken"),
+        ])
+        .unwrap_err();
+        let message = secret.to_string();
+        assert!(
+            message.contains("api-key=…") && !message.contains("s3cret"),
+            "{message}"
+        );
     }
 
     #[test]
