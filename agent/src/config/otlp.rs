@@ -252,36 +252,37 @@ mod tests {
         assert_eq!(resolved(&none).unwrap(), None);
     }
 
+    /// Where and how the variables send spans.
+    fn target(pairs: &[(&'static str, &'static str)]) -> (String, OtlpProtocol) {
+        let settings = resolved(pairs).unwrap().expect("export configured");
+        (settings.endpoint, settings.protocol)
+    }
+
     #[test]
     fn endpoints_follow_the_specification() {
-        let http = resolved(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])
-            .unwrap()
-            .unwrap();
+        let http = OtlpProtocol::HttpProtobuf;
         assert_eq!(
-            (http.endpoint.as_str(), http.protocol),
-            ("http://c:4318/v1/traces", OtlpProtocol::HttpProtobuf)
+            target(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]),
+            ("http://c:4318/v1/traces".into(), http)
         );
         // The general variable always gets the signal's path, even after a path.
-        let prefixed = resolved(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/otlp")])
-            .unwrap()
-            .unwrap();
-        assert_eq!(prefixed.endpoint, "http://c:4318/otlp/v1/traces");
-        let traces = resolved(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
-        ])
-        .unwrap()
-        .unwrap();
-        assert_eq!(traces.endpoint, "http://c:4318/custom");
-        let grpc = resolved(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ])
-        .unwrap()
-        .unwrap();
         assert_eq!(
-            (grpc.endpoint.as_str(), grpc.protocol),
-            ("http://collector:4317", OtlpProtocol::Grpc)
+            target(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/otlp")]),
+            ("http://c:4318/otlp/v1/traces".into(), http)
+        );
+        assert_eq!(
+            target(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+            ]),
+            ("http://c:4318/custom".into(), http)
+        );
+        assert_eq!(
+            target(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ]),
+            ("http://collector:4317".into(), OtlpProtocol::Grpc)
         );
         // The builder's URL: the traces path only when it has no path.
         let given = |url| {
