@@ -25,7 +25,7 @@ use opentelemetry::trace::{Event, SpanKind, Status};
 use opentelemetry::{Array, StringValue, Value};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use super::flamegraph_url_into;
+use super::{attribute, flamegraph_url_into};
 use crate::profiler::SpanSummary;
 use crate::spans::finished::FinishedSpan;
 
@@ -199,16 +199,16 @@ fn profile_attributes(
     flamegraph_base: Option<&str>,
     (trace_id, span_id): (u128, u64),
 ) {
-    key_value(out, field::ATTRIBUTES, "profile.samples", &Value::I64(summary.samples as i64));
-    key_value(out, field::ATTRIBUTES, "profile.self_samples", &Value::I64(summary.self_samples as i64));
-    key_value(out, field::ATTRIBUTES, "profile.cpu_time_ms", &Value::F64(super::cpu_time_ms(summary)));
+    key_value(out, field::ATTRIBUTES, attribute::SAMPLES, &Value::I64(summary.samples as i64));
+    key_value(out, field::ATTRIBUTES, attribute::SELF_SAMPLES, &Value::I64(summary.self_samples as i64));
+    key_value(out, field::ATTRIBUTES, attribute::CPU_TIME_MS, &Value::F64(super::cpu_time_ms(summary)));
     text.clear();
     super::top_functions_into(text, summary);
-    key_string(out, field::ATTRIBUTES, "profile.top_functions", text);
+    key_string(out, field::ATTRIBUTES, attribute::TOP_FUNCTIONS, text);
     if let Some(base) = flamegraph_base {
         text.clear();
         flamegraph_url_into(text, base, trace_id, span_id);
-        key_string(out, field::ATTRIBUTES, "profile.flamegraph_url", text);
+        key_string(out, field::ATTRIBUTES, attribute::FLAMEGRAPH_URL, text);
     }
 }
 

@@ -44,6 +44,16 @@ use crate::profiler::{Profiler, SpanSummary};
 use crate::spans::finished::{self, Pending, QUEUE_CAPACITY};
 use crate::{Error, threads};
 
+/// The profile attributes' names (the table above): one spelling for the
+/// encoder and for spans handed to the user's processor.
+mod attribute {
+    pub(super) const SAMPLES: &str = "profile.samples";
+    pub(super) const SELF_SAMPLES: &str = "profile.self_samples";
+    pub(super) const CPU_TIME_MS: &str = "profile.cpu_time_ms";
+    pub(super) const TOP_FUNCTIONS: &str = "profile.top_functions";
+    pub(super) const FLAMEGRAPH_URL: &str = "profile.flamegraph_url";
+}
+
 /// Spans sent in one export request, at most (the OpenTelemetry SDK's
 /// default batch size).
 const MAX_BATCH: usize = 512;
@@ -291,15 +301,15 @@ fn profile_attributes(
     };
     let mut attributes = Vec::with_capacity(5);
     attributes.extend([
-        KeyValue::new("profile.samples", summary.samples as i64),
-        KeyValue::new("profile.self_samples", summary.self_samples as i64),
-        KeyValue::new("profile.cpu_time_ms", cpu_time_ms(summary)),
-        KeyValue::new("profile.top_functions", top),
+        KeyValue::new(attribute::SAMPLES, summary.samples as i64),
+        KeyValue::new(attribute::SELF_SAMPLES, summary.self_samples as i64),
+        KeyValue::new(attribute::CPU_TIME_MS, cpu_time_ms(summary)),
+        KeyValue::new(attribute::TOP_FUNCTIONS, top),
     ]);
     if let Some(base) = flamegraph_base {
         let mut url = String::new();
         flamegraph_url_into(&mut url, base, trace_id, span_id);
-        attributes.push(KeyValue::new("profile.flamegraph_url", url));
+        attributes.push(KeyValue::new(attribute::FLAMEGRAPH_URL, url));
     }
     attributes
 }
