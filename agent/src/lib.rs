@@ -101,6 +101,7 @@ mod render;
 mod spans;
 mod stats;
 mod sync;
+mod wire;
 
 sampling_platform! {
     mod aggregate;

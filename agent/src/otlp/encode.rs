@@ -6,82 +6,23 @@
 //! `String` per attribute key and value), groups them by scope in a hash
 //! map, and encodes that. At a few thousand spans a second that was most of
 //! the span thread's CPU, nearly all of it allocation, copying and freeing.
-//! Here each span is encoded once, from the record the layer made, into one
-//! buffer that keeps its capacity from request to request.
+//! Here the layer has already written each span's own fields in wire form
+//! on the host's thread (`spans::record`); this frames them, adds the
+//! profile attributes, and gathers them into a buffer that keeps its
+//! capacity from request to request.
 //!
 //! The request has one `ResourceSpans` (the agent's resource, encoded once)
-//! with one `ScopeSpans` (scope `smolder`). Field numbers and wire types
-//! follow `opentelemetry/proto/trace/v1/trace.proto` and `common.proto`;
-//! the tests decode the output with the official generated types and
-//! compare it with what opentelemetry-proto's own conversion produces.
-//!
-//! Proto3 rules: a plain scalar or string field at its default is left out
-//! (a decoder reads it back as the default); a `oneof` member and a message
-//! field are written even when empty, since their presence is information.
+//! with one `ScopeSpans` (scope `smolder`). The tests decode the output with
+//! the official generated types and compare it with what
+//! opentelemetry-proto's own conversion produces from the same span.
 
-use std::time::SystemTime;
-
-use opentelemetry::trace::{Event, SpanKind, Status};
-use opentelemetry::{Array, StringValue, Value};
+use opentelemetry::Value;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::{attribute, flamegraph_url_into};
 use crate::profiler::SpanSummary;
 use crate::spans::finished::FinishedSpan;
-
-/// Field numbers, named after their proto fields.
-mod field {
-    // ExportTraceServiceRequest
-    pub(super) const RESOURCE_SPANS: u32 = 1;
-    // ResourceSpans
-    pub(super) const RESOURCE: u32 = 1;
-    pub(super) const SCOPE_SPANS: u32 = 2;
-    pub(super) const RESOURCE_SCHEMA_URL: u32 = 3;
-    // Resource
-    pub(super) const RESOURCE_ATTRIBUTES: u32 = 1;
-    // ScopeSpans
-    pub(super) const SCOPE: u32 = 1;
-    pub(super) const SPANS: u32 = 2;
-    // InstrumentationScope
-    pub(super) const SCOPE_NAME: u32 = 1;
-    pub(super) const SCOPE_VERSION: u32 = 2;
-    // Span
-    pub(super) const TRACE_ID: u32 = 1;
-    pub(super) const SPAN_ID: u32 = 2;
-    pub(super) const PARENT_SPAN_ID: u32 = 4;
-    pub(super) const NAME: u32 = 5;
-    pub(super) const KIND: u32 = 6;
-    pub(super) const START_TIME: u32 = 7;
-    pub(super) const END_TIME: u32 = 8;
-    pub(super) const ATTRIBUTES: u32 = 9;
-    pub(super) const EVENTS: u32 = 11;
-    pub(super) const STATUS: u32 = 15;
-    pub(super) const FLAGS: u32 = 16;
-    // Span.Event
-    pub(super) const EVENT_TIME: u32 = 1;
-    pub(super) const EVENT_NAME: u32 = 2;
-    pub(super) const EVENT_ATTRIBUTES: u32 = 3;
-    pub(super) const EVENT_DROPPED_ATTRIBUTES: u32 = 4;
-    // Status
-    pub(super) const STATUS_MESSAGE: u32 = 2;
-    pub(super) const STATUS_CODE: u32 = 3;
-    // KeyValue
-    pub(super) const KEY: u32 = 1;
-    pub(super) const VALUE: u32 = 2;
-    // AnyValue (a oneof)
-    pub(super) const STRING_VALUE: u32 = 1;
-    pub(super) const BOOL_VALUE: u32 = 2;
-    pub(super) const INT_VALUE: u32 = 3;
-    pub(super) const DOUBLE_VALUE: u32 = 4;
-    pub(super) const ARRAY_VALUE: u32 = 5;
-    // ArrayValue
-    pub(super) const ARRAY_VALUES: u32 = 1;
-}
-
-/// `SpanFlags`: the W3C trace flags (sampled: every span we export was) in
-/// the low byte, and bit 8 saying that bit 9 (parent is remote) is known.
-/// Our parents are always local: the layer starts its own traces.
-const SPAN_FLAGS: u32 = 0x01 | 0x100;
+use crate::wire::{field, key_string, key_value, message, string};
 
 /// Builds export requests, one span at a time.
 pub(crate) struct RequestEncoder {
@@ -144,25 +85,10 @@ impl RequestEncoder {
             ..
         } = self;
         message(spans, field::SPANS, |out| {
-            let context = &span.context;
-            bytes(out, field::TRACE_ID, &context.trace_id.to_be_bytes());
-            bytes(out, field::SPAN_ID, &context.span_id.to_be_bytes());
-            if span.parent_span_id != 0 {
-                bytes(out, field::PARENT_SPAN_ID, &span.parent_span_id.to_be_bytes());
-            }
-            string(out, field::NAME, &span.name);
-            varint(out, field::KIND, span_kind(&span.kind));
-            fixed64(out, field::START_TIME, unix_nanos(span.start));
-            fixed64(out, field::END_TIME, unix_nanos(span.end));
-            for attribute in &span.attributes {
-                key_value(out, field::ATTRIBUTES, attribute.key.as_str(), &attribute.value);
-            }
-            profile_attributes(out, summary, text, flamegraph_base.as_deref(), (context.trace_id, context.span_id));
-            for event in &span.events {
-                event_message(out, event);
-            }
-            status(out, &span.status);
-            fixed32(out, field::FLAGS, SPAN_FLAGS);
+            // Everything the layer recorded, then the profile: a span's
+            // attributes may be split around other fields (see `wire`).
+            out.extend_from_slice(&span.fields);
+            profile_attributes(out, summary, text, flamegraph_base.as_deref(), (span.trace_id, span.span_id));
         });
         self.span_count += 1;
     }
@@ -212,177 +138,10 @@ fn profile_attributes(
     }
 }
 
-fn event_message(out: &mut Vec<u8>, event: &Event) {
-    message(out, field::EVENTS, |out| {
-        fixed64(out, field::EVENT_TIME, unix_nanos(event.timestamp));
-        string(out, field::EVENT_NAME, &event.name);
-        for attribute in &event.attributes {
-            key_value(out, field::EVENT_ATTRIBUTES, attribute.key.as_str(), &attribute.value);
-        }
-        varint(out, field::EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
-    });
-}
-
-/// Always present, as the SDK's exporters send it, even when unset.
-fn status(out: &mut Vec<u8>, status: &Status) {
-    message(out, field::STATUS, |out| {
-        let (code, description) = match status {
-            Status::Unset => (0, ""),
-            Status::Ok => (1, ""),
-            Status::Error { description } => (2, description.as_ref()),
-        };
-        string(out, field::STATUS_MESSAGE, description);
-        varint(out, field::STATUS_CODE, code);
-    });
-}
-
-/// `Span.SpanKind` numbering (0 is "unspecified", which we never send).
-fn span_kind(kind: &SpanKind) -> u64 {
-    match kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-}
-
-// === fields ===
-
-/// A `KeyValue` message in field `tag`.
-fn key_value(out: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
-    message(out, tag, |out| {
-        string(out, field::KEY, key);
-        any_value(out, field::VALUE, value);
-    });
-}
-
-/// A `KeyValue` with a string value, without making a [`Value`] of it.
-fn key_string(out: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
-    message(out, tag, |out| {
-        string(out, field::KEY, key);
-        message(out, field::VALUE, |out| length_delimited(out, field::STRING_VALUE, value.as_bytes()));
-    });
-}
-
-/// An `AnyValue` message. A value kind this code does not know (the enum is
-/// non-exhaustive) goes out as an empty `AnyValue` rather than failing the
-/// request.
-fn any_value(out: &mut Vec<u8>, tag: u32, value: &Value) {
-    message(out, tag, |out| match value {
-        // Members of a oneof: written even at their default.
-        Value::Bool(v) => {
-            encode_key(field::BOOL_VALUE, WireType::Varint, out);
-            encode_varint(u64::from(*v), out);
-        }
-        Value::I64(v) => {
-            encode_key(field::INT_VALUE, WireType::Varint, out);
-            // int64 is the two's complement, sign-extended to 64 bits.
-            encode_varint(*v as u64, out);
-        }
-        Value::F64(v) => {
-            encode_key(field::DOUBLE_VALUE, WireType::SixtyFourBit, out);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::String(v) => length_delimited(out, field::STRING_VALUE, v.as_str().as_bytes()),
-        Value::Array(array) => message(out, field::ARRAY_VALUE, |out| array_values(out, array)),
-        _ => {}
-    });
-}
-
-fn array_values(out: &mut Vec<u8>, array: &Array) {
-    let each = |out: &mut Vec<u8>, value: Value| any_value(out, field::ARRAY_VALUES, &value);
-    match array {
-        Array::Bool(values) => values.iter().for_each(|&v| each(out, Value::Bool(v))),
-        Array::I64(values) => values.iter().for_each(|&v| each(out, Value::I64(v))),
-        Array::F64(values) => values.iter().for_each(|&v| each(out, Value::F64(v))),
-        Array::String(values) => values.iter().for_each(|v| string_value(out, v)),
-        _ => {}
-    }
-}
-
-/// One string element of an array, without cloning it into a [`Value`].
-fn string_value(out: &mut Vec<u8>, value: &StringValue) {
-    message(out, field::ARRAY_VALUES, |out| {
-        length_delimited(out, field::STRING_VALUE, value.as_str().as_bytes());
-    });
-}
-
-// === wire format ===
-
-/// A plain string field (left out when empty).
-fn string(out: &mut Vec<u8>, tag: u32, value: &str) {
-    if !value.is_empty() {
-        length_delimited(out, tag, value.as_bytes());
-    }
-}
-
-/// A plain bytes field (left out when empty).
-fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    if !value.is_empty() {
-        length_delimited(out, tag, value);
-    }
-}
-
-fn length_delimited(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(value.len() as u64, out);
-    out.extend_from_slice(value);
-}
-
-/// A plain varint field (left out when zero).
-fn varint(out: &mut Vec<u8>, tag: u32, value: u64) {
-    if value != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(value, out);
-    }
-}
-
-/// A plain fixed64 field (left out when zero).
-fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
-    if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-/// A plain fixed32 field (left out when zero).
-fn fixed32(out: &mut Vec<u8>, tag: u32, value: u32) {
-    if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-/// A message field: `body` writes the message's fields after its key, and
-/// its length goes in between afterwards. The length is first given one
-/// byte, which most small messages (attributes, statuses) need; a longer
-/// body is moved up to make room, a copy of the body only.
-fn message(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    let length_at = out.len();
-    out.push(0);
-    body(out);
-    let body_start = length_at + 1;
-    let body_len = out.len() - body_start;
-    let width = encoded_len_varint(body_len as u64);
-    if width > 1 {
-        out.resize(out.len() + width - 1, 0);
-        out.copy_within(body_start..body_start + body_len, length_at + width);
-    }
-    let mut length = &mut out[length_at..length_at + width];
-    encode_varint(body_len as u64, &mut length);
-}
-
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry::{InstrumentationScope, KeyValue};
@@ -394,8 +153,12 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
+    use opentelemetry::trace::{Event, SpanKind, Status};
+    use opentelemetry::{Array, StringValue};
+
     use super::*;
-    use crate::spans::context::SpanContext;
+    use crate::spans::context::{ANCESTORS, SpanContext};
+    use crate::spans::record::SpanRecord;
 
     const BASE: &str = "http://checkout-7:6060";
 
@@ -415,16 +178,28 @@ mod tests {
         }
     }
 
-    fn span(span_id: u64, parent_span_id: u64, attributes: Vec<KeyValue>) -> FinishedSpan {
+    /// A span as the layer would record it, in the SDK's terms.
+    #[derive(Clone)]
+    struct SpanSpec {
+        span_id: u64,
+        parent_span_id: u64,
+        name: String,
+        kind: SpanKind,
+        start: SystemTime,
+        end: SystemTime,
+        attributes: Vec<KeyValue>,
+        events: Vec<Event>,
+        status: Status,
+    }
+
+    const TRACE_ID: u128 = 0x0af7651916cd43dd8448eb211c80319c;
+
+    fn span(span_id: u64, parent_span_id: u64, attributes: Vec<KeyValue>) -> SpanSpec {
         let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + span_id);
-        FinishedSpan {
-            context: SpanContext {
-                trace_id: 0x0af7651916cd43dd8448eb211c80319c,
-                span_id,
-                ..SpanContext::NONE
-            },
+        SpanSpec {
+            span_id,
             parent_span_id,
-            name: Cow::Owned(format!("span {span_id}")),
+            name: format!("span {span_id}"),
             kind: SpanKind::Internal,
             start,
             end: start + Duration::from_micros(1500),
@@ -434,18 +209,44 @@ mod tests {
         }
     }
 
+    /// The span recorded the way the layer records it.
+    fn recorded(spec: &SpanSpec) -> FinishedSpan {
+        let mut record = SpanRecord::named(Cow::Owned(spec.name.clone()));
+        record.kind = spec.kind.clone();
+        record.status = spec.status.clone();
+        for attribute in &spec.attributes {
+            record.attributes().value(attribute.key.as_str(), &attribute.value);
+        }
+        for event in &spec.events {
+            record.event(event.timestamp, |fields| {
+                for attribute in &event.attributes {
+                    fields.value(attribute.key.as_str(), &attribute.value);
+                }
+                event.name.clone()
+            });
+        }
+        let mut ancestors = [0; ANCESTORS];
+        ancestors[0] = spec.parent_span_id;
+        let context = SpanContext {
+            trace_id: TRACE_ID,
+            span_id: spec.span_id,
+            ancestors,
+            ..SpanContext::NONE
+        };
+        record.finish(&context, spec.start, spec.end)
+    }
+
     /// The same span as the SDK would export it, profile attributes added
     /// the way spans for the user's own processor get them.
-    fn span_data(span: &FinishedSpan, summary: &SpanSummary) -> SpanData {
-        let context = &span.context;
+    fn span_data(span: &SpanSpec, summary: &SpanSummary) -> SpanData {
         let mut attributes = span.attributes.clone();
-        attributes.extend(super::super::profile_attributes(summary, Some(BASE), context.trace_id, context.span_id));
+        attributes.extend(super::super::profile_attributes(summary, Some(BASE), TRACE_ID, span.span_id));
         let mut events = SpanEvents::default();
         events.events = span.events.clone();
         SpanData {
             span_context: OtelSpanContext::new(
-                TraceId::from_bytes(context.trace_id.to_be_bytes()),
-                SpanId::from_bytes(context.span_id.to_be_bytes()),
+                TraceId::from_bytes(TRACE_ID.to_be_bytes()),
+                SpanId::from_bytes(span.span_id.to_be_bytes()),
                 TraceFlags::SAMPLED,
                 false,
                 TraceState::default(),
@@ -453,7 +254,7 @@ mod tests {
             parent_span_id: SpanId::from_bytes(span.parent_span_id.to_be_bytes()),
             parent_span_is_remote: false,
             span_kind: span.kind.clone(),
-            name: span.name.clone(),
+            name: span.name.clone().into(),
             start_time: span.start,
             end_time: span.end,
             attributes,
@@ -469,11 +270,11 @@ mod tests {
 
     /// Encodes `spans` with ours, and with opentelemetry-proto's own
     /// conversion; both decoded with the official types.
-    fn both_ways(spans: &[(FinishedSpan, SpanSummary)]) -> (ExportTraceServiceRequest, ExportTraceServiceRequest) {
+    fn both_ways(spans: &[(SpanSpec, SpanSummary)]) -> (ExportTraceServiceRequest, ExportTraceServiceRequest) {
         let resource = resource();
         let mut encoder = RequestEncoder::new(&resource, Some(BASE.to_owned()));
         for (span, summary) in spans {
-            encoder.push(span, summary);
+            encoder.push(&recorded(span), summary);
         }
         assert_eq!(encoder.len(), spans.len());
         let ours = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).expect("our request decodes");
@@ -509,7 +310,7 @@ mod tests {
         child.kind = SpanKind::Client;
         child.status = Status::Ok;
         child.events = vec![
-            Event::new("retry", child.start, vec![KeyValue::new("attempt", 2_i64)], 1),
+            Event::new("retry", child.start, vec![KeyValue::new("attempt", 2_i64)], 0),
             Event::new("", child.end, Vec::new(), 0),
         ];
         let spans = [
@@ -526,11 +327,11 @@ mod tests {
     fn finishing_starts_a_new_request() {
         let resource = resource();
         let mut encoder = RequestEncoder::new(&resource, None);
-        encoder.push(&span(1, 0, Vec::new()), &summary(1, &[("f", 100.0)]));
-        encoder.push(&span(2, 1, Vec::new()), &summary(0, &[]));
+        encoder.push(&recorded(&span(1, 0, Vec::new())), &summary(1, &[("f", 100.0)]));
+        encoder.push(&recorded(&span(2, 1, Vec::new())), &summary(0, &[]));
         let first = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).unwrap();
         assert!(encoder.is_empty());
-        encoder.push(&span(3, 0, Vec::new()), &summary(0, &[]));
+        encoder.push(&recorded(&span(3, 0, Vec::new())), &summary(0, &[]));
         let second = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).unwrap();
         let ids = |request: &ExportTraceServiceRequest| -> Vec<Vec<u8>> {
             request.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()).collect()

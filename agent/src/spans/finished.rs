@@ -3,35 +3,25 @@
 //! when the queue is full or no exporter runs they are dropped and counted.
 //! Nothing here ever blocks the thread closing the span.
 
+use opentelemetry_sdk::trace::SpanData;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
-
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Event, SpanKind, Status};
-use opentelemetry_sdk::trace::SpanData;
-
-use super::context::SpanContext;
 
 /// A span the layer recorded, closed, waiting for its profile attributes.
 #[derive(Debug)]
 pub(crate) struct FinishedSpan {
-    pub(crate) context: SpanContext,
-    pub(crate) parent_span_id: u64,
-    pub(crate) name: std::borrow::Cow<'static, str>,
-    pub(crate) kind: SpanKind,
-    pub(crate) start: SystemTime,
-    pub(crate) end: SystemTime,
-    pub(crate) attributes: Vec<KeyValue>,
-    pub(crate) events: Vec<Event>,
-    pub(crate) status: Status,
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    /// Every field of its OTLP `Span` message but the profile attributes,
+    /// in wire form (see `spans::record`).
+    pub(crate) fields: Vec<u8>,
 }
 
 /// What the exporter enriches: our own spans, or spans from the user's
 /// OpenTelemetry pipeline on their way to the user's processor.
 pub(crate) enum Pending {
-    Recorded(Box<FinishedSpan>),
+    Recorded(FinishedSpan),
     Forwarded {
         span: Box<SpanData>,
         forward: std::sync::Arc<dyn opentelemetry_sdk::trace::SpanProcessor>,
@@ -42,7 +32,7 @@ impl Pending {
     /// The span's id, as the span table keys it.
     pub(crate) fn span_id(&self) -> u64 {
         match self {
-            Pending::Recorded(span) => span.context.span_id,
+            Pending::Recorded(span) => span.span_id,
             Pending::Forwarded { span, .. } => {
                 u64::from_be_bytes(span.span_context.span_id().to_bytes())
             }

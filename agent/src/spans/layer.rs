@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Event, SpanKind, Status, TraceContextExt};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::Value;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Level, Subscriber};
@@ -29,7 +29,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::context::{ANCESTORS, SpanContext};
-use super::finished::{self, FinishedSpan, Pending};
+use super::finished::{self, Pending};
+use super::record::{KeyValues, SpanRecord};
 
 /// Returns the layer that makes every sample know its span, and (when an
 /// OTLP endpoint is configured) exports spans with their CPU profile.
@@ -84,16 +85,6 @@ struct SpanState {
     record: Option<SpanRecord>,
 }
 
-/// Keys and most names are the callsite's `&'static str`s, so that a
-/// span costs as few allocations on the host's thread as it can.
-struct SpanRecord {
-    name: Cow<'static, str>,
-    kind: SpanKind,
-    attributes: Vec<KeyValue>,
-    events: Vec<Event>,
-    status: Status,
-}
-
 thread_local! {
     /// The contexts of the spans entered on this thread, innermost last.
     static ENTERED: RefCell<Vec<SpanContext>> = const { RefCell::new(Vec::new()) };
@@ -113,14 +104,11 @@ where
         let Some(span) = ctx.span(id) else { return };
         let record = (finished::is_exporting() && !self.otel_pipeline.load(Ordering::Relaxed))
             .then(|| {
-                let mut record = SpanRecord {
-                    name: Cow::Borrowed(attrs.metadata().name()),
-                    kind: SpanKind::Internal,
-                    attributes: location_attributes(attrs.metadata()),
-                    events: Vec::new(),
-                    status: Status::Unset,
-                };
-                attrs.record(&mut FieldRecorder(&mut record));
+                let mut record = SpanRecord::new(attrs.metadata());
+                attrs.record(&mut FieldRecorder {
+                    record: &mut record,
+                    replacing: false,
+                });
                 record
             });
         span.extensions_mut().insert(SpanState {
@@ -137,7 +125,10 @@ where
             .get_mut::<SpanState>()
             .and_then(|s| s.record.as_mut())
         {
-            values.record(&mut FieldRecorder(record));
+            values.record(&mut FieldRecorder {
+                record,
+                replacing: true,
+            });
         }
     }
 
@@ -152,22 +143,21 @@ where
         else {
             return;
         };
-        let mut fields = EventFields::default();
-        event.record(&mut fields);
         let level = *event.metadata().level();
-        fields
-            .attributes
-            .push(KeyValue::new("level", level.as_str()));
-        let name = fields
-            .message
-            .clone()
-            .unwrap_or_else(|| event.metadata().name().to_owned());
+        let name = record.event(SystemTime::now(), |attributes| {
+            let mut fields = EventFields {
+                attributes,
+                message: None,
+            };
+            event.record(&mut fields);
+            fields.attributes.str("level", level.as_str());
+            fields
+                .message
+                .map_or(Cow::Borrowed(event.metadata().name()), Cow::Owned)
+        });
         if level == Level::ERROR {
-            record.status = Status::error(name.clone());
+            record.status = Status::error(name);
         }
-        record
-            .events
-            .push(Event::new(name, SystemTime::now(), fields.attributes, 0));
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
@@ -198,18 +188,8 @@ where
             return;
         };
         let Some(record) = state.record else { return };
-        let finished = FinishedSpan {
-            context,
-            parent_span_id: context.ancestors[0],
-            name: record.name,
-            kind: record.kind,
-            start: state.start,
-            end: SystemTime::now(),
-            attributes: record.attributes,
-            events: record.events,
-            status: record.status,
-        };
-        let _ = finished::submit(Pending::Recorded(Box::new(finished)));
+        let finished = record.finish(&context, state.start, SystemTime::now());
+        let _ = finished::submit(Pending::Recorded(finished));
     }
 }
 
@@ -328,31 +308,23 @@ impl ThreadIdBits for std::thread::ThreadId {
     }
 }
 
-/// `code.*` attributes from the span's callsite.
-fn location_attributes(metadata: &'static tracing::Metadata<'static>) -> Vec<KeyValue> {
-    // Room for the span's own fields too, so most spans never regrow it.
-    let mut attributes = Vec::with_capacity(3 + metadata.fields().len());
-    attributes.push(KeyValue::new("code.namespace", metadata.target()));
-    if let Some(file) = metadata.file() {
-        attributes.push(KeyValue::new("code.filepath", file));
-    }
-    if let Some(line) = metadata.line() {
-        attributes.push(KeyValue::new("code.lineno", i64::from(line)));
-    }
-    attributes
-}
-
 /// Turns span fields into attributes; honours tracing-opentelemetry's
 /// `otel.name`, `otel.kind`, `otel.status_code` and `otel.status_message`.
-struct FieldRecorder<'a>(&'a mut SpanRecord);
+struct FieldRecorder<'a> {
+    record: &'a mut SpanRecord,
+    /// Whether the span may have the field already (values recorded after
+    /// creation), so that it must be looked for and replaced.
+    replacing: bool,
+}
 
 impl FieldRecorder<'_> {
-    fn set(&mut self, field: &Field, value: Value) {
-        let record = &mut *self.0;
+    /// Handles the `otel.*` fields; true if `field` was one.
+    fn special(&mut self, field: &Field, value: &dyn Fn() -> String) -> bool {
+        let record = &mut *self.record;
         match field.name() {
-            "otel.name" => record.name = Cow::Owned(value.as_str().into_owned()),
+            "otel.name" => record.name = Cow::Owned(value()),
             "otel.kind" => {
-                record.kind = match value.as_str().to_ascii_lowercase().as_str() {
+                record.kind = match value().to_ascii_lowercase().as_str() {
                     "server" => SpanKind::Server,
                     "client" => SpanKind::Client,
                     "producer" => SpanKind::Producer,
@@ -361,7 +333,7 @@ impl FieldRecorder<'_> {
                 }
             }
             "otel.status_code" => {
-                record.status = match value.as_str().to_ascii_lowercase().as_str() {
+                record.status = match value().to_ascii_lowercase().as_str() {
                     "error" => Status::error(""),
                     "ok" => Status::Ok,
                     _ => Status::Unset,
@@ -369,13 +341,26 @@ impl FieldRecorder<'_> {
             }
             "otel.status_message" => {
                 if let Status::Error { .. } = record.status {
-                    record.status = Status::error(value.as_str().into_owned());
+                    record.status = Status::error(value());
                 }
             }
-            name => {
-                record.attributes.retain(|kv| kv.key.as_str() != name);
-                record.attributes.push(KeyValue::new(name, value));
-            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The span's attributes, without `field` if it could be there already:
+    /// recorded before, or one of the `code.*` ones the record starts with.
+    fn attributes_without(&mut self, field: &Field) -> KeyValues<'_> {
+        if self.replacing || field.name().starts_with("code.") {
+            self.record.remove_attribute(field.name());
+        }
+        self.record.attributes()
+    }
+
+    fn set(&mut self, field: &Field, value: Value) {
+        if !self.special(field, &|| value.as_str().into_owned()) {
+            self.attributes_without(field).value(field.name(), &value);
         }
     }
 }
@@ -388,7 +373,7 @@ impl Visit for FieldRecorder<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         match i64::try_from(value) {
             Ok(v) => self.set(field, Value::I64(v)),
-            Err(_) => self.set(field, Value::String(value.to_string().into())),
+            Err(_) => self.record_debug(field, &value),
         }
     }
 
@@ -401,35 +386,178 @@ impl Visit for FieldRecorder<'_> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.set(field, Value::String(value.to_owned().into()));
+        if !self.special(field, &|| value.to_owned()) {
+            self.attributes_without(field).str(field.name(), value);
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        self.set(field, Value::String(format!("{value:?}").into()));
+        if !self.special(field, &|| format!("{value:?}")) {
+            self.attributes_without(field).debug(field.name(), value);
+        }
     }
 }
 
-/// An event's message and other fields.
-#[derive(Default)]
-struct EventFields {
+/// An event's message, and its other fields as attributes.
+struct EventFields<'a, 'b> {
+    attributes: &'a mut KeyValues<'b>,
     message: Option<String>,
-    attributes: Vec<KeyValue>,
 }
 
-impl Visit for EventFields {
+impl Visit for EventFields<'_, '_> {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.attributes.value(field.name(), &Value::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match i64::try_from(value) {
+            Ok(v) => self.record_i64(field, v),
+            Err(_) => self.record_debug(field, &value),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.attributes.value(field.name(), &Value::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.attributes.value(field.name(), &Value::Bool(value));
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message = Some(value.to_owned()),
-            name => self.attributes.push(KeyValue::new(name, value.to_owned())),
+            name => self.attributes.str(name, value),
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
         match field.name() {
             "message" => self.message = Some(format!("{value:?}")),
-            name => self
-                .attributes
-                .push(KeyValue::new(name, format!("{value:?}"))),
+            name => self.attributes.debug(name, value),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Proto;
+    use opentelemetry_proto::tonic::trace::v1::{
+        Span, span::SpanKind as ProtoKind, status::StatusCode,
+    };
+    use prost::Message;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    fn attribute<'a>(
+        attributes: &'a [opentelemetry_proto::tonic::common::v1::KeyValue],
+        key: &str,
+    ) -> Vec<&'a Proto> {
+        attributes
+            .iter()
+            .filter(|kv| kv.key == key)
+            .filter_map(|kv| kv.value.as_ref()?.value.as_ref())
+            .collect()
+    }
+
+    fn string(value: &str) -> Proto {
+        Proto::StringValue(value.to_owned())
+    }
+
+    /// Spans recorded through a real subscriber, decoded with the official
+    /// types from the bytes the layer hands the exporter.
+    #[test]
+    fn recorded_spans_decode_with_their_fields_events_and_status() {
+        let inbox = finished::install(true);
+        let subscriber = tracing_subscriber::registry().with(tracing_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("request", route = "/orders/{id}");
+            outer.in_scope(|| {
+                let query = tracing::info_span!(
+                    "query",
+                    sql = "SELECT 1",
+                    rows = tracing::field::Empty,
+                    big = u64::MAX,
+                    shape = ?(1, "two"),
+                    code.lineno = 7_i64,
+                    otel.name = "SELECT orders",
+                    otel.kind = "client",
+                );
+                query.record("rows", 3_i64);
+                query.record("rows", 42_i64);
+                query.in_scope(|| {
+                    tracing::info!(attempt = 2, "retrying");
+                    tracing::error!(code = ?404, "not found");
+                });
+            });
+        });
+        finished::uninstall();
+        let spans: Vec<Span> = inbox
+            .try_iter()
+            .map(|pending| match pending {
+                Pending::Recorded(span) => Span::decode(span.fields.as_slice()).expect("decodes"),
+                Pending::Forwarded { .. } => panic!("nothing was forwarded"),
+            })
+            .collect();
+        let [query, request] = spans.as_slice() else {
+            panic!("two spans, inner first: {spans:?}")
+        };
+
+        assert_eq!(request.name, "request");
+        assert_eq!(request.kind, ProtoKind::Internal as i32);
+        assert!(request.parent_span_id.is_empty());
+        assert_eq!(
+            attribute(&request.attributes, "route"),
+            [&string("/orders/{id}")]
+        );
+        assert_eq!(
+            attribute(&request.attributes, "code.namespace"),
+            [&string(module_path!())]
+        );
+        assert_eq!(query.trace_id, request.trace_id);
+        assert_eq!(query.parent_span_id, request.span_id);
+        assert!(query.start_time_unix_nano <= query.end_time_unix_nano);
+        assert!(request.start_time_unix_nano <= query.start_time_unix_nano);
+
+        assert_eq!(query.name, "SELECT orders");
+        assert_eq!(query.kind, ProtoKind::Client as i32);
+        let attributes = &query.attributes;
+        assert_eq!(attribute(attributes, "sql"), [&string("SELECT 1")]);
+        assert_eq!(
+            attribute(attributes, "rows"),
+            [&Proto::IntValue(42)],
+            "recorded twice, kept once"
+        );
+        assert_eq!(
+            attribute(attributes, "big"),
+            [&string(&u64::MAX.to_string())]
+        );
+        assert_eq!(attribute(attributes, "shape"), [&string("(1, \"two\")")]);
+        assert_eq!(
+            attribute(attributes, "code.lineno"),
+            [&Proto::IntValue(7)],
+            "the span's own field wins"
+        );
+        assert!(attribute(attributes, "otel.name").is_empty());
+
+        let [retry, error] = query.events.as_slice() else {
+            panic!("two events: {:?}", query.events)
+        };
+        assert_eq!(retry.name, "retrying");
+        assert_eq!(
+            attribute(&retry.attributes, "attempt"),
+            [&Proto::IntValue(2)]
+        );
+        assert_eq!(attribute(&retry.attributes, "level"), [&string("INFO")]);
+        assert_eq!(error.name, "not found");
+        assert_eq!(attribute(&error.attributes, "code"), [&string("404")]);
+        let status = query.status.as_ref().expect("status is always sent");
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "not found");
+        assert_eq!(
+            request.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Unset as i32)
+        );
     }
 }

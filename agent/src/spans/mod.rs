@@ -5,12 +5,18 @@
 //! * [`layer`]: the `tracing` layer that publishes it on every span enter
 //!   and exit, with OpenTelemetry ids (shared with tracing-opentelemetry when
 //!   it runs, minted otherwise), and hands finished spans to the exporter.
+//! * [`record`]: a span's fields, written in OTLP wire form as the layer
+//!   records them.
+//! * [`finished`]: the bounded queue from the layer to the exporter.
+//! * [`processor`]: profile attributes for spans of the user's own
+//!   OpenTelemetry pipeline.
 //! * [`table`]: the collector's CPU per span.
 
 pub(crate) mod context;
 pub(crate) mod finished;
 pub(crate) mod layer;
 pub(crate) mod processor;
+pub(crate) mod record;
 sampling_platform! {
     pub(crate) mod table;
 }
