@@ -320,6 +320,8 @@ impl Profiler {
             exporting: self.config.otlp.is_some(),
             exported: read(|c| &c.exported),
             export_failed: read(|c| &c.export_failed),
+            export_retries: read(|c| &c.export_retries),
+            export_error: export.and_then(|c| c.export_error.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             forwarded: read(|c| &c.forwarded),
             dropped_queue_full: queue_full,
             dropped_no_exporter: no_exporter,

@@ -214,8 +214,17 @@ pub struct SpanStats {
     pub exporting: bool,
     /// Spans exported successfully.
     pub exported: u64,
-    /// Spans in batches the collector refused or did not answer in time.
+    /// Spans given up: in requests the collector refused for good (an HTTP
+    /// status other than 429, 502, 503, 504; a gRPC code OTLP does not call
+    /// retryable), or went on refusing or not answering for 30 s of retries.
     pub export_failed: u64,
+    /// Export requests sent again after a refusal OTLP calls retryable (the
+    /// collector throttling, restarting, unreachable or slow).
+    pub export_retries: u64,
+    /// Why the latest export request failed, while export is failing (none
+    /// once a request goes through): what the collector answered, or why it
+    /// could not be reached.
+    pub export_error: Option<String>,
     /// Spans of the user's own pipeline given back with profile attributes.
     pub forwarded: u64,
     /// Spans dropped because the export queue was full.

@@ -5,6 +5,12 @@
 //! Both take the request already encoded (`encode.rs`), so neither knows
 //! the message types: the HTTP body is the protobuf as it is, and gRPC
 //! sends it through a pass-through codec.
+//!
+//! A failure says whether OTLP allows the request to be sent again
+//! ([`Retry`]): for HTTP the statuses 429, 502, 503 and 504, for gRPC the
+//! codes the specification lists as retryable, and for both a collector
+//! that could not be reached or did not answer in time. A delay the
+//! collector asks for (`Retry-After`, gRPC's `RetryInfo`) is passed on.
 
 use std::time::Duration;
 
@@ -42,20 +48,62 @@ impl Transport {
         }
     }
 
-    /// Sends one `ExportTraceServiceRequest`; an error says what the
-    /// collector did (or failed to do) in words for a log.
-    pub(crate) async fn export(&mut self, request: Vec<u8>, timeout: Duration) -> Result<(), String> {
+    /// Sends one `ExportTraceServiceRequest` (borrowed, so that a refused
+    /// one can be sent again without a copy being kept meanwhile).
+    pub(crate) async fn export(&mut self, request: &Bytes, timeout: Duration) -> Result<(), ExportError> {
         let sending = async {
             match self {
                 Transport::Http(http) => http.export(request).await,
-                Transport::Grpc(grpc) => grpc.export(request).await,
+                Transport::Grpc(grpc) => grpc.export(request.clone()).await,
             }
         };
-        tokio::time::timeout(timeout, sending)
-            .await
-            .map_err(|_| format!("no answer from the OTLP endpoint within {timeout:?}"))?
+        tokio::time::timeout(timeout, sending).await.unwrap_or_else(|_| {
+            Err(ExportError::retryable(format!(
+                "no answer from the OTLP endpoint within {timeout:?}"
+            )))
+        })
     }
 }
+
+/// Why an export failed, and whether it may be tried again.
+#[derive(Debug)]
+pub(crate) struct ExportError {
+    /// What the collector did (or failed to do), in words for a log.
+    pub(crate) message: String,
+    pub(crate) retry: Retry,
+}
+
+/// What OTLP says to do with a request that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The collector rejected the data: sending it again would not help.
+    Never,
+    /// Send it again after a backoff of the exporter's choosing.
+    Backoff,
+    /// Send it again no sooner than this, as the collector asked.
+    After(Duration),
+}
+
+impl ExportError {
+    fn fatal(message: String) -> ExportError {
+        ExportError {
+            message,
+            retry: Retry::Never,
+        }
+    }
+
+    fn retryable(message: String) -> ExportError {
+        ExportError {
+            message,
+            retry: Retry::Backoff,
+        }
+    }
+}
+
+/// Longest delay a collector may ask for that is honoured as asked; a
+/// longer one is cut to this, so that a misconfigured collector cannot park
+/// the exporter for hours.
+const MAX_ASKED_DELAY: Duration = Duration::from_secs(60);
 
 // === impl HttpTransport ===
 
@@ -131,20 +179,27 @@ impl HttpTransport {
         })
     }
 
-    async fn export(&mut self, request: Vec<u8>) -> Result<(), String> {
-        let body = Bytes::from(if self.gzip { gzip(&request)? } else { request });
+    async fn export(&mut self, request: &Bytes) -> Result<(), ExportError> {
+        let body = if self.gzip {
+            Bytes::from(gzip(request).map_err(ExportError::fatal)?)
+        } else {
+            request.clone()
+        };
         // A kept connection may have been closed by the collector while it
         // sat idle, which shows as an error before any answer: then the
         // request goes again, once, on a fresh connection.
         if let Some(mut connection) = self.kept.take()
             && connection.sender.ready().await.is_ok()
-            && let Ok(status) = self.exchange(&mut connection, body.clone()).await
+            && let Ok(answer) = self.exchange(&mut connection, body.clone()).await
         {
-            return self.settle(connection, status);
+            return self.settle(connection, answer);
         }
-        let mut connection = self.connect().await?;
-        let status = self.exchange(&mut connection, body).await?;
-        self.settle(connection, status)
+        let mut connection = self.connect().await.map_err(ExportError::retryable)?;
+        let answer = self
+            .exchange(&mut connection, body)
+            .await
+            .map_err(ExportError::retryable)?;
+        self.settle(connection, answer)
     }
 
     async fn connect(&self) -> Result<Connection, String> {
@@ -163,8 +218,8 @@ impl HttpTransport {
     }
 
     /// One request and its whole (bounded) answer, so the connection is
-    /// ready for the next one.
-    async fn exchange(&self, connection: &mut Connection, body: Bytes) -> Result<hyper::StatusCode, String> {
+    /// ready for the next one: the status, and a `Retry-After` delay.
+    async fn exchange(&self, connection: &mut Connection, body: Bytes) -> Result<Answer, String> {
         let mut post = Request::post(self.uri.clone())
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
@@ -175,22 +230,48 @@ impl HttpTransport {
             .await
             .map_err(|e| format!("the OTLP endpoint {} dropped the request: {e}", self.uri))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|value| retry_after(value.to_str().ok()?));
         Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| format!("the OTLP endpoint's answer was cut short: {e}"))?;
-        Ok(status)
+        Ok(Answer { status, retry_after })
     }
 
     /// Keeps the connection for next time and judges the answer.
-    fn settle(&mut self, connection: Connection, status: hyper::StatusCode) -> Result<(), String> {
+    fn settle(&mut self, connection: Connection, answer: Answer) -> Result<(), ExportError> {
         self.kept = Some(connection);
+        let status = answer.status;
         if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the OTLP endpoint {} answered {status}", self.uri))
+            return Ok(());
         }
+        // OTLP/HTTP: these four mean "later", everything else "never".
+        let retry = match status.as_u16() {
+            429 | 502 | 503 | 504 => answer.retry_after.map_or(Retry::Backoff, Retry::After),
+            _ => Retry::Never,
+        };
+        Err(ExportError {
+            message: format!("the OTLP endpoint {} answered {status}", self.uri),
+            retry,
+        })
     }
+}
+
+/// An HTTP answer, read to its end.
+struct Answer {
+    status: hyper::StatusCode,
+    retry_after: Option<Duration>,
+}
+
+/// A `Retry-After` header's delay. Only the delay-seconds form is read: an
+/// HTTP date would need this clock to agree with the collector's, and the
+/// exporter's own backoff is the better guess then.
+fn retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_ASKED_DELAY))
 }
 
 /// Fast compression: spans are repetitive text and shrink several times at
@@ -230,18 +311,82 @@ impl GrpcTransport {
         Ok(GrpcTransport { client, metadata })
     }
 
-    async fn export(&mut self, request: Vec<u8>) -> Result<(), String> {
+    async fn export(&mut self, request: Bytes) -> Result<(), ExportError> {
         self.client
             .ready()
             .await
-            .map_err(|e| format!("cannot reach the OTLP endpoint: {e}"))?;
-        let mut call = tonic::Request::new(Bytes::from(request));
+            .map_err(|e| ExportError::retryable(format!("cannot reach the OTLP endpoint: {e}")))?;
+        let mut call = tonic::Request::new(request);
         *call.metadata_mut() = self.metadata.clone();
         self.client
             .unary::<_, (), _>(call, PathAndQuery::from_static(GRPC_EXPORT_PATH), Encoded)
             .await
             .map(drop)
-            .map_err(|status| format!("the OTLP endpoint answered {:?}: {}", status.code(), status.message()))
+            .map_err(|status| ExportError {
+                message: format!("the OTLP endpoint answered {:?}: {}", status.code(), status.message()),
+                retry: grpc_retry(&status),
+            })
+    }
+}
+
+/// OTLP/gRPC's retryable codes. `RESOURCE_EXHAUSTED` is retryable only
+/// when the collector says when (a `RetryInfo` in the status details):
+/// otherwise the request itself may be what is too large.
+fn grpc_retry(status: &tonic::Status) -> Retry {
+    use tonic::Code;
+    let asked = retry_info(status.details());
+    match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
+            asked.map_or(Retry::Backoff, Retry::After)
+        }
+        Code::ResourceExhausted => asked.map_or(Retry::Never, Retry::After),
+        _ => Retry::Never,
+    }
+}
+
+/// The delay of a `google.rpc.RetryInfo` among the details of a gRPC
+/// status (`grpc-status-details-bin`: an encoded `google.rpc.Status`).
+fn retry_info(details: &[u8]) -> Option<Duration> {
+    use prost::Message as _;
+    const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+    let status = rpc::Status::decode(details).ok()?;
+    let info = status.details.iter().find(|any| any.type_url == RETRY_INFO)?;
+    let delay = rpc::RetryInfo::decode(info.value.as_slice()).ok()?.retry_delay?;
+    let seconds = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos).ok().filter(|&n| n < 1_000_000_000)?;
+    Some(Duration::new(seconds, nanos).min(MAX_ASKED_DELAY))
+}
+
+/// The few `google.rpc` and well-known messages a gRPC status's details
+/// hold, with only the fields read here.
+mod rpc {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Status {
+        #[prost(message, repeated, tag = "3")]
+        pub(super) details: Vec<Any>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Any {
+        #[prost(string, tag = "1")]
+        pub(super) type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub(super) value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct RetryInfo {
+        #[prost(message, optional, tag = "1")]
+        pub(super) retry_delay: Option<Duration>,
+    }
+
+    /// `google.protobuf.Duration`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Duration {
+        #[prost(int64, tag = "1")]
+        pub(super) seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub(super) nanos: i32,
     }
 }
 
@@ -283,5 +428,63 @@ impl Decoder for Encoded {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
         src.advance(src.remaining());
         Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_delay_seconds_only() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(retry_after("86400"), Some(MAX_ASKED_DELAY));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after(""), None);
+    }
+
+    fn status_with_retry_info(code: tonic::Code, seconds: i64, nanos: i32) -> tonic::Status {
+        let info = rpc::RetryInfo {
+            retry_delay: Some(rpc::Duration { seconds, nanos }),
+        };
+        let details = rpc::Status {
+            details: vec![
+                rpc::Any {
+                    type_url: "type.googleapis.com/google.rpc.DebugInfo".into(),
+                    value: vec![1, 2, 3],
+                },
+                rpc::Any {
+                    type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                    value: info.encode_to_vec(),
+                },
+            ],
+        };
+        tonic::Status::with_details(code, "slow down", details.encode_to_vec().into())
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_otlp_specification() {
+        use tonic::Code;
+        let plain = |code| grpc_retry(&tonic::Status::new(code, "x"));
+        assert_eq!(plain(Code::Unavailable), Retry::Backoff);
+        assert_eq!(plain(Code::DeadlineExceeded), Retry::Backoff);
+        assert_eq!(plain(Code::InvalidArgument), Retry::Never);
+        assert_eq!(plain(Code::Unauthenticated), Retry::Never);
+        assert_eq!(plain(Code::ResourceExhausted), Retry::Never, "no RetryInfo: not retryable");
+        let asked = grpc_retry(&status_with_retry_info(Code::ResourceExhausted, 2, 500_000_000));
+        assert_eq!(asked, Retry::After(Duration::from_millis(2500)));
+        let asked = grpc_retry(&status_with_retry_info(Code::Unavailable, 1, 0));
+        assert_eq!(asked, Retry::After(Duration::from_secs(1)));
+        let too_long = grpc_retry(&status_with_retry_info(Code::Unavailable, 1 << 40, 0));
+        assert_eq!(too_long, Retry::After(MAX_ASKED_DELAY));
+        // Nonsense details are ignored, not trusted.
+        let negative = grpc_retry(&status_with_retry_info(Code::Unavailable, -5, 0));
+        assert_eq!(negative, Retry::Backoff);
+        let garbage = tonic::Status::with_details(Code::Unavailable, "x", vec![0xff, 0xff].into());
+        assert_eq!(grpc_retry(&garbage), Retry::Backoff);
     }
 }

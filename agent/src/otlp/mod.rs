@@ -12,8 +12,17 @@
 //! single-threaded tokio runtime owned by this thread. A collector that is
 //! down or slow stalls only this thread, for at most the export timeout per
 //! request; meanwhile the queue fills and further spans are dropped and
-//! counted, never waited for. Export resumes with the next batch once the
-//! collector answers.
+//! counted, never waited for.
+//!
+//! A request the collector may take later (OTLP's retryable failures: HTTP
+//! 429, 502, 503, 504, gRPC `UNAVAILABLE` and the like, no connection, no
+//! answer in time) is held and sent again with exponential backoff, or
+//! after the delay the collector asked for, for up to [`RETRY_FOR`]; then
+//! its spans count as failed. While one is held no other request is sent
+//! (the collector is asking for less, not more): new spans wait in the
+//! batch and the queue, which fill and then drop and count. A request
+//! refused for good (any other status) counts as failed at once. Export
+//! resumes when the held request goes through.
 //!
 //! Attributes, on every span (zeros for a span that used no CPU):
 //!
@@ -34,6 +43,8 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
@@ -67,13 +78,27 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// tick, this drains 40 000 spans a second.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// First wait before sending a refused request again; it doubles with
+/// each refusal (with jitter, so that a fleet restarted together does not
+/// retry in step), up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a refused request is kept trying before its spans are given up.
+/// With the queue and the batch holding 8 192 spans more, this rides out a
+/// collector restart without letting a long outage hold memory.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// Counters reported in stats.
 #[derive(Default)]
 pub(crate) struct ExportCounters {
     pub(crate) exported: AtomicU64,
     pub(crate) export_failed: AtomicU64,
+    /// Requests sent again after a retryable failure.
+    pub(crate) export_retries: AtomicU64,
     pub(crate) forwarded: AtomicU64,
-    pub(crate) last_export_ok: AtomicBool,
+    /// Why the latest request failed, while export is failing; cleared when
+    /// a request goes through.
+    pub(crate) export_error: Mutex<Option<String>>,
 }
 
 /// The span worker. Dropping it stops the thread (spans still queued are
@@ -146,6 +171,48 @@ struct Exporter {
     transport: client::Transport,
     encoder: encode::RequestEncoder,
     timeout: Duration,
+    /// The request the collector asked to have again later, if any.
+    held: Option<HeldRequest>,
+}
+
+/// A request refused for now, waiting to be sent again.
+struct HeldRequest {
+    request: Bytes,
+    spans: u64,
+    /// When it was first refused: it is given up [`RETRY_FOR`] later.
+    first_refused: Instant,
+    /// The backoff after the latest refusal.
+    backoff: Duration,
+    next_try: Instant,
+}
+
+impl HeldRequest {
+    /// When to try again after a refusal: as asked (within the give-up
+    /// time), or after the next backoff step with up to ±25 % jitter.
+    fn schedule(&mut self, retry: client::Retry, now: Instant) {
+        let wait = match retry {
+            client::Retry::After(asked) => asked,
+            _ => {
+                let wait = jitter(self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        };
+        self.next_try = now + wait;
+    }
+
+    fn expired(&self) -> bool {
+        self.next_try.duration_since(self.first_refused) > RETRY_FOR
+    }
+}
+
+/// `wait` scaled by a factor between 0.75 and 1.25.
+fn jitter(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u64(monotonic_now_ns());
+    let permille = 750 + hasher.finish() % 501;
+    wait * permille as u32 / 1000
 }
 
 impl Worker {
@@ -170,24 +237,68 @@ impl Worker {
             // tick: that processor batches them itself, and a second of them
             // at once could overflow its queue (the SDK's holds 2048).
             let forwarding = batch.iter().any(|p| matches!(p, Pending::Forwarded { .. }));
+            let held = match exporter.as_mut() {
+                Some(exporter) => self.retry_held(exporter),
+                None => false,
+            };
             let due = forwarding
-                || batch.len() >= MAX_BATCH
-                || oldest.elapsed() >= BATCH_DELAY
-                || disconnected;
+                || (!held && (batch.len() >= MAX_BATCH || oldest.elapsed() >= BATCH_DELAY || disconnected));
             if due && !batch.is_empty() {
                 // One request per MAX_BATCH spans, all enriched after one
                 // wait for the collector. The batch keeps its capacity from
                 // tick to tick: regrowing it each time would be a string of
                 // large reallocations.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.handle(&mut batch, exporter.as_mut())
                 }));
-                batch.clear();
+                if handled.is_err() {
+                    batch.clear();
+                }
+                oldest = Instant::now();
             }
             if disconnected {
                 break;
             }
         }
+        // Stopping: a request still held is given up.
+        if let Some(held) = exporter.and_then(|e| e.held) {
+            self.counters.export_failed.fetch_add(held.spans, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends the held request again if its time has come; true while one is
+    /// (still) held.
+    fn retry_held(&self, exporter: &mut Exporter) -> bool {
+        let Some(held) = exporter.held.as_mut() else {
+            return false;
+        };
+        if Instant::now() < held.next_try {
+            return true;
+        }
+        self.counters.export_retries.fetch_add(1, Ordering::Relaxed);
+        let Exporter {
+            runtime,
+            transport,
+            timeout,
+            ..
+        } = exporter;
+        let result = runtime.block_on(transport.export(&held.request, *timeout));
+        let spans = held.spans;
+        match result {
+            Ok(()) => self.exported(spans),
+            Err(error) if error.retry != client::Retry::Never => {
+                held.schedule(error.retry, Instant::now());
+                let expired = held.expired();
+                self.report(error);
+                if !expired {
+                    return true;
+                }
+                self.counters.export_failed.fetch_add(spans, Ordering::Relaxed);
+            }
+            Err(error) => self.failed(spans, error),
+        }
+        exporter.held = None;
+        false
     }
 
     fn build_exporter(&self, settings: &OtlpSettings) -> Result<Exporter, String> {
@@ -210,10 +321,12 @@ impl Worker {
             transport,
             encoder: encode::RequestEncoder::new(&resource, self.flamegraph_base.clone()),
             timeout: settings.timeout,
+            held: None,
         })
     }
 
-    /// Enriches a batch and sends each span on, leaving `batch` empty.
+    /// Enriches a batch and sends each span on. Our own spans stay in
+    /// `batch` once a request is held for retry; the rest leave it.
     fn handle(&self, batch: &mut Vec<Pending>, mut exporter: Option<&mut Exporter>) {
         // Every sample of these spans was taken before now: wait for the
         // collector to have drained them (one or two cycles).
@@ -223,9 +336,12 @@ impl Worker {
         let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
         let summaries = self.profiler.span_summaries(&span_ids);
         let mut unexported = 0;
-        for ((pending, summary), &span_id) in batch.drain(..).zip(&summaries).zip(&span_ids) {
+        let mut pending_spans = std::mem::take(batch);
+        for ((pending, summary), &span_id) in pending_spans.drain(..).zip(&summaries).zip(&span_ids) {
             match pending {
                 Pending::Recorded(span) => match exporter.as_deref_mut() {
+                    // The collector asked for less: keep it for later.
+                    Some(exporter) if exporter.held.is_some() => batch.push(Pending::Recorded(span)),
                     Some(exporter) => {
                         exporter.encoder.push(&span, summary);
                         if exporter.encoder.len() == MAX_BATCH {
@@ -252,33 +368,60 @@ impl Worker {
         {
             self.send(exporter);
         }
+        // Back into the batch's own allocation, behind nothing.
+        pending_spans.append(batch);
+        *batch = pending_spans;
         // Recorded for an exporter that could not be built (its warning was
         // logged at start): they count as failed exports.
         self.counters.export_failed.fetch_add(unexported, Ordering::Relaxed);
     }
 
-    /// One export request of what the encoder holds; a failure counts its
-    /// spans and is not retried (the next batch is the retry: spans keep
-    /// coming).
+    /// One export request of what the encoder holds. A refusal the
+    /// collector means for now holds the request for [`Self::retry_held`];
+    /// any other failure counts its spans.
     fn send(&self, exporter: &mut Exporter) {
-        let count = exporter.encoder.len() as u64;
-        let request = exporter.encoder.finish();
+        let spans = exporter.encoder.len() as u64;
+        let request = Bytes::from(exporter.encoder.finish());
         let Exporter {
             runtime,
             transport,
             timeout,
             ..
         } = exporter;
-        match runtime.block_on(transport.export(request, *timeout)) {
-            Ok(()) => {
-                self.counters.exported.fetch_add(count, Ordering::Relaxed);
-                self.counters.last_export_ok.store(true, Ordering::Relaxed);
+        match runtime.block_on(transport.export(&request, *timeout)) {
+            Ok(()) => self.exported(spans),
+            Err(error) if error.retry != client::Retry::Never => {
+                let now = Instant::now();
+                let mut held = HeldRequest {
+                    request,
+                    spans,
+                    first_refused: now,
+                    backoff: FIRST_BACKOFF,
+                    next_try: now,
+                };
+                held.schedule(error.retry, now);
+                exporter.held = Some(held);
+                self.report(error);
             }
-            Err(_) => {
-                self.counters.export_failed.fetch_add(count, Ordering::Relaxed);
-                self.counters.last_export_ok.store(false, Ordering::Relaxed);
-            }
+            Err(error) => self.failed(spans, error),
         }
+    }
+
+    fn exported(&self, spans: u64) {
+        self.counters.exported.fetch_add(spans, Ordering::Relaxed);
+        let mut error = self.counters.export_error.lock().unwrap_or_else(|p| p.into_inner());
+        *error = None;
+    }
+
+    fn failed(&self, spans: u64, error: client::ExportError) {
+        self.counters.export_failed.fetch_add(spans, Ordering::Relaxed);
+        self.report(error);
+    }
+
+    /// Keeps the failure's words for `/debug/pprof/stats`.
+    fn report(&self, error: client::ExportError) {
+        let mut latest = self.counters.export_error.lock().unwrap_or_else(|p| p.into_inner());
+        *latest = Some(error.message);
     }
 }
 

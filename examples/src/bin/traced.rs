@@ -79,6 +79,7 @@ fn print_spans(agent: &smolder::Agent) {
     let spans = agent.stats().spans;
     println!("spans_exported={}", spans.exported);
     println!("spans_export_failed={}", spans.export_failed);
+    println!("spans_export_retries={}", spans.export_retries);
     println!("spans_forwarded={}", spans.forwarded);
     println!(
         "spans_dropped={}",
@@ -86,12 +87,14 @@ fn print_spans(agent: &smolder::Agent) {
     );
 }
 
-/// Waits until the agent's span worker has handled everything queued.
+/// Waits until the agent's span worker has handled everything queued (or
+/// the layer dropped it).
 fn settle(agent: &smolder::Agent, expected: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let spans = agent.stats().spans;
-        if spans.exported + spans.export_failed + spans.forwarded >= expected {
+        let dropped = spans.dropped_queue_full + spans.dropped_no_exporter;
+        if spans.exported + spans.export_failed + spans.forwarded + dropped >= expected {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -184,7 +187,11 @@ fn steady() -> Result<()> {
     }
     stop.store(true, Relaxed);
     worker.join().map_err(|_| "worker panicked")?;
-    println!("rounds={}", rounds.load(Relaxed));
+    let rounds = rounds.load(Relaxed);
+    println!("rounds={rounds}");
+    // Two spans a round, every one closed once the worker has returned:
+    // all accounted for before the counts are read.
+    settle(&agent, rounds * 2);
     print_spans(&agent);
     Ok(())
 }

@@ -22,6 +22,8 @@ pub enum Behaviour {
     #[default]
     Accept,
     Status(u16),
+    /// A refusal with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
     Hang,
 }
 
@@ -83,6 +85,8 @@ struct Shared {
     spans: Mutex<Vec<ReceivedSpan>>,
     behaviour: Mutex<Behaviour>,
     requests: AtomicU64,
+    /// When each request arrived (its body read), in order.
+    arrivals: Mutex<Vec<Instant>>,
     connections: AtomicU64,
     /// The last request's headers, names in lower case.
     headers: Mutex<Vec<(String, String)>>,
@@ -157,6 +161,11 @@ impl Receiver {
     }
 
     /// Connections accepted so far.
+    /// When each request so far arrived.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.shared.arrivals.lock().unwrap().clone()
+    }
+
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
     }
@@ -261,6 +270,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
             body = plain;
         }
         *shared.headers.lock().unwrap() = headers;
+        shared.arrivals.lock().unwrap().push(Instant::now());
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let answer = *shared.behaviour.lock().unwrap();
         match answer {
@@ -274,6 +284,12 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 let _ = write!(
                     writer,
                     "HTTP/1.1 {code} Refused\r\nContent-Length: 0\r\n\r\n"
+                );
+            }
+            Behaviour::RetryAfter(code, seconds) => {
+                let _ = write!(
+                    writer,
+                    "HTTP/1.1 {code} Later\r\nRetry-After: {seconds}\r\nContent-Length: 0\r\n\r\n"
                 );
             }
             Behaviour::Accept => {

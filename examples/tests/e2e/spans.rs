@@ -288,9 +288,50 @@ fn export_survives_a_receiver_outage() {
         "spans flow again once the receiver is back"
     );
     let summary = traced.finish();
+    let count = |key: &str| summary[key].parse::<u64>().unwrap();
     assert!(
-        summary["spans_export_failed"].parse::<u64>().unwrap() > 0,
-        "failures are counted"
+        count("spans_export_retries") > 0,
+        "the request refused while the receiver was down was sent again"
+    );
+    assert!(
+        count("spans_exported") > 0 && count("spans_exported") >= spans.len() as u64,
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn a_throttled_request_goes_again_after_the_delay_asked_for_and_nothing_is_lost() {
+    let receiver = Receiver::start();
+    receiver.set(Behaviour::RetryAfter(429, 2));
+    let traced = Traced::start(
+        &["steady"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.requests() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    receiver.set(Behaviour::Accept);
+    receiver.wait_for(Duration::from_secs(30), |spans| !spans.is_empty());
+    let arrivals = receiver.arrivals();
+    assert!(arrivals.len() >= 2, "{arrivals:?}");
+    // A lower bound only: the held request cannot go before the delay the
+    // receiver asked for, however slow the machine (and no other request
+    // goes while it is held).
+    assert!(
+        arrivals[1] - arrivals[0] >= Duration::from_secs(2),
+        "the retry waited for Retry-After: {:?}",
+        arrivals[1] - arrivals[0]
+    );
+    let summary = traced.finish();
+    let count = |key: &str| summary[key].parse::<u64>().unwrap();
+    assert!(count("spans_export_retries") >= 1, "{summary:?}");
+    assert_eq!(count("spans_export_failed"), 0, "{summary:?}");
+    assert_eq!(count("spans_dropped"), 0, "{summary:?}");
+    assert_eq!(
+        count("spans_exported"),
+        receiver.spans().len() as u64,
+        "every span exported reached the receiver once"
     );
 }
 
@@ -373,6 +414,19 @@ fn a_hung_or_refusing_receiver_never_blocks_the_host() {
             now >= rounds + 5,
             "the host's requests went on under {behaviour:?}: {rounds} -> {now}"
         );
+        // Operators can see why.
+        let (_, stats) = fetch(&format!("http://{}/debug/pprof/stats", traced.http_addr));
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        let error = stats["spans"]["export_error"].as_str().unwrap_or_default();
+        let expected = match behaviour {
+            Behaviour::Status(code) => code.to_string(),
+            _ => "no answer".to_owned(),
+        };
+        assert!(
+            error.contains(&expected),
+            "under {behaviour:?}: {}",
+            stats["spans"]
+        );
     }
     receiver.set(Behaviour::Accept);
     let before = receiver.spans().len();
@@ -381,10 +435,18 @@ fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     let (status, stats) = fetch(&format!("http://{}/debug/pprof/stats", traced.http_addr));
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let spans = &stats["spans"];
     assert!(
-        stats["spans"]["export_failed"].as_u64().unwrap() > 0,
-        "failed exports are counted in /debug/pprof/stats: {}",
-        stats["spans"]
+        spans["export_failed"].as_u64().unwrap() > 0,
+        "requests refused with 500 are counted in /debug/pprof/stats: {spans}"
+    );
+    assert!(
+        spans["export_retries"].as_u64().unwrap() > 0,
+        "requests refused with 429 or unanswered were sent again: {spans}"
+    );
+    assert!(
+        spans["export_error"].is_null(),
+        "cleared on success: {spans}"
     );
     let summary = traced.finish();
     assert!(summary["spans_export_failed"].parse::<u64>().unwrap() > 0);
