@@ -299,11 +299,10 @@ impl Store {
     /// The CPU of each of `span_ids` by leaf address (`None` for a span
     /// with no samples), under one lock: what span summaries need, without
     /// expanding whole stacks.
-    pub(crate) fn span_leaves(&self, span_ids: &[u64]) -> (Vec<Option<SpanLeaves>>, Arc<ModuleMap>) {
+    pub(crate) fn span_leaves(&self, span_ids: &[u64], leaves: &mut Vec<Option<SpanLeaves>>) -> Arc<ModuleMap> {
         let state = self.lock();
-        let leaves = span_ids
-            .iter()
-            .map(|&span_id| {
+        leaves.clear();
+        leaves.extend(span_ids.iter().map(|&span_id| {
                 let entry = state.spans.get(span_id)?;
                 let mut by_leaf: FastMap<u64, u64> = FastMap::default();
                 for (stack, thread, cpu_ns) in entry.aggregate.iter() {
@@ -318,9 +317,8 @@ impl Store {
                     total_cpu_ns: entry.total_cpu_ns,
                     by_leaf: by_leaf.into_iter().collect(),
                 })
-            })
-            .collect();
-        (leaves, Arc::clone(&state.modules))
+        }));
+        Arc::clone(&state.modules)
     }
 
     /// Every sample of one trace in this process (its local roots' totals).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::filter::Filter;
-use crate::collector::{CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, Store};
+use crate::collector::{CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, SpanLeaves, Store};
 use crate::config::Config;
 use crate::handler::{SamplerShared, monotonic_now_ns};
 use crate::profile::{ProfileBuilder, SpanInfo};
@@ -166,8 +166,17 @@ impl Profiler {
     /// One lock of the store and one symboliser round trip for the whole
     /// batch: the span thread summarises thousands of spans a second, and a
     /// round trip per span would cost two context switches each.
-    pub(crate) fn span_summaries(&self, span_ids: &[u64]) -> Vec<SpanSummary> {
-        let (spans, modules) = self.store.span_leaves(span_ids);
+    ///
+    /// `leaves` is scratch space and `summaries` receives the result: both
+    /// are the caller's, to be reused from call to call.
+    pub(crate) fn span_summaries(
+        &self,
+        span_ids: &[u64],
+        leaves: &mut Vec<Option<SpanLeaves>>,
+        summaries: &mut Vec<SpanSummary>,
+    ) {
+        let modules = self.store.span_leaves(span_ids, leaves);
+        let spans = &*leaves;
         let mut leaves: Vec<u64> = spans.iter().flatten().flat_map(|s| s.by_leaf.iter().map(|&(leaf, _)| leaf)).collect();
         leaves.sort_unstable();
         leaves.dedup();
@@ -184,9 +193,8 @@ impl Profiler {
             .collect();
         let period_ns = crate::timer::period_ns(self.config.frequency_hz);
         let samples_in = |cpu_ns: u64| (cpu_ns + period_ns / 2) / period_ns;
-        spans
-            .iter()
-            .map(|span| {
+        summaries.clear();
+        summaries.extend(spans.iter().map(|span| {
                 let Some(span) = span else {
                     return SpanSummary::default();
                 };
@@ -210,8 +218,7 @@ impl Profiler {
                         .map(|(function, cpu)| (function.to_string(), 100.0 * cpu as f64 / total))
                         .collect(),
                 }
-            })
-            .collect()
+        }));
     }
 
     /// How far back the history reaches now.

@@ -49,6 +49,7 @@ use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
+use crate::collector::SpanLeaves;
 use crate::config::OtlpSettings;
 use crate::handler::monotonic_now_ns;
 use crate::profiler::{Profiler, SpanSummary};
@@ -175,6 +176,17 @@ struct Exporter {
     held: Option<HeldRequest>,
 }
 
+/// Vectors the worker keeps from batch to batch. At thousands of spans a
+/// second each is a few kilobytes a tick: allocated afresh every time, such
+/// blocks made glibc consolidate its free lists (fed by blocks of this
+/// thread's that the host's threads or the SDK's free) every time.
+#[derive(Default)]
+struct BatchBuffers {
+    span_ids: Vec<u64>,
+    leaves: Vec<Option<SpanLeaves>>,
+    summaries: Vec<SpanSummary>,
+}
+
 /// A request refused for now, waiting to be sent again.
 struct HeldRequest {
     request: Bytes,
@@ -225,6 +237,7 @@ impl Worker {
             }
         });
         let mut batch: Vec<Pending> = Vec::new();
+        let mut buffers = BatchBuffers::default();
         let mut oldest = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(DRAIN_EVERY);
@@ -249,7 +262,7 @@ impl Worker {
                 // tick to tick: regrowing it each time would be a string of
                 // large reallocations.
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.handle(&mut batch, exporter.as_mut())
+                    self.handle(&mut batch, exporter.as_mut(), &mut buffers)
                 }));
                 if handled.is_err() {
                     batch.clear();
@@ -327,17 +340,23 @@ impl Worker {
 
     /// Enriches a batch and sends each span on. Our own spans stay in
     /// `batch` once a request is held for retry; the rest leave it.
-    fn handle(&self, batch: &mut Vec<Pending>, mut exporter: Option<&mut Exporter>) {
+    fn handle(&self, batch: &mut Vec<Pending>, mut exporter: Option<&mut Exporter>, buffers: &mut BatchBuffers) {
         // Every sample of these spans was taken before now: wait for the
         // collector to have drained them (one or two cycles).
         self.profiler
             .store
             .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
-        let span_ids: Vec<u64> = batch.iter().map(Pending::span_id).collect();
-        let summaries = self.profiler.span_summaries(&span_ids);
+        let BatchBuffers {
+            span_ids,
+            leaves,
+            summaries,
+        } = buffers;
+        span_ids.clear();
+        span_ids.extend(batch.iter().map(Pending::span_id));
+        self.profiler.span_summaries(span_ids, leaves, summaries);
         let mut unexported = 0;
         let mut pending_spans = std::mem::take(batch);
-        for ((pending, summary), &span_id) in pending_spans.drain(..).zip(&summaries).zip(&span_ids) {
+        for ((pending, summary), &span_id) in pending_spans.drain(..).zip(summaries.iter()).zip(span_ids.iter()) {
             match pending {
                 Pending::Recorded(span) => match exporter.as_deref_mut() {
                     // The collector asked for less: keep it for later.
