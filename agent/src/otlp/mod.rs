@@ -176,10 +176,9 @@ struct Exporter {
     held: Option<HeldRequest>,
 }
 
-/// Vectors the worker keeps from batch to batch. At thousands of spans a
-/// second each is a few kilobytes a tick: allocated afresh every time, such
-/// blocks made glibc consolidate its free lists (fed by blocks of this
-/// thread's that the host's threads or the SDK's free) every time.
+/// Vectors the worker keeps from batch to batch (a few kilobytes each at
+/// thousands of spans a second), so that a tick allocates nothing of its
+/// own beyond what the spans carry.
 #[derive(Default)]
 struct BatchBuffers {
     span_ids: Vec<u64>,
