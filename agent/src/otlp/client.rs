@@ -143,8 +143,8 @@ impl HttpTransport {
             .map_err(|e| format!("the OTLP endpoint {endpoint:?} is not a URL: {e}"))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!(
-                "cannot export to {endpoint}: smolder's OTLP/HTTP exporter speaks plain http \
-                 (use a local collector, or grpc)"
+                "cannot export to {endpoint}: smolder's OTLP exporter has no TLS; \
+                 send to a local collector or sidecar over plain http"
             ));
         }
         let authority = uri.authority().ok_or("the OTLP endpoint has no host")?;
@@ -294,6 +294,14 @@ pub(crate) struct GrpcTransport {
 
 impl GrpcTransport {
     fn new(settings: &OtlpSettings) -> Result<GrpcTransport, String> {
+        // Said now, once, rather than by every export failing the same way.
+        if settings.endpoint.starts_with("https:") {
+            return Err(format!(
+                "cannot export to {}: smolder's OTLP exporter has no TLS; \
+                 send to a local collector or sidecar over plain http",
+                settings.endpoint
+            ));
+        }
         let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
             .map_err(|e| format!("the OTLP endpoint {:?} is not a URL: {e}", settings.endpoint))?
             .connect_timeout(settings.timeout)
@@ -436,6 +444,29 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    fn settings(endpoint: &str, protocol: OtlpProtocol) -> OtlpSettings {
+        OtlpSettings {
+            endpoint: endpoint.to_owned(),
+            protocol,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            gzip: false,
+        }
+    }
+
+    #[test]
+    fn endpoints_needing_tls_are_refused_up_front() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _inside = runtime.enter();
+        for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+            let error = Transport::new(&settings("https://collector.example:4318/v1/traces", protocol))
+                .err()
+                .expect("https is refused");
+            assert!(error.contains("no TLS"), "{protocol:?}: {error}");
+            assert!(Transport::new(&settings("http://127.0.0.1:4318/v1/traces", protocol)).is_ok());
+        }
+    }
 
     #[test]
     fn retry_after_reads_delay_seconds_only() {

@@ -232,6 +232,7 @@ impl Worker {
             Ok(exporter) => Some(exporter),
             Err(error) => {
                 tracing::warn!(%error, "smolder: cannot export spans");
+                *self.counters.export_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
                 None
             }
         });
