@@ -167,16 +167,16 @@ impl Profiler {
     /// batch: the span thread summarises thousands of spans a second, and a
     /// round trip per span would cost two context switches each.
     ///
-    /// `leaves` is scratch space and `summaries` receives the result: both
-    /// are the caller's, to be reused from call to call.
+    /// `span_leaves` is scratch space and `summaries` receives the result:
+    /// both are the caller's, to be reused from call to call.
     pub(crate) fn span_summaries(
         &self,
         span_ids: &[u64],
-        leaves: &mut Vec<Option<SpanLeaves>>,
+        span_leaves: &mut Vec<Option<SpanLeaves>>,
         summaries: &mut Vec<SpanSummary>,
     ) {
-        let modules = self.store.span_leaves(span_ids, leaves);
-        let spans = &*leaves;
+        let modules = self.store.span_leaves(span_ids, span_leaves);
+        let spans = &*span_leaves;
         let mut leaves: Vec<u64> = spans.iter().flatten().flat_map(|s| s.by_leaf.iter().map(|&(leaf, _)| leaf)).collect();
         leaves.sort_unstable();
         leaves.dedup();

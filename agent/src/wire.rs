@@ -141,7 +141,7 @@ pub(crate) fn key_string_with(
 /// An `AnyValue` message. A value kind this code does not know (the enum is
 /// non-exhaustive) goes out as an empty `AnyValue` rather than failing the
 /// request.
-pub(crate) fn any_value(out: &mut Vec<u8>, tag: u32, value: &Value) {
+fn any_value(out: &mut Vec<u8>, tag: u32, value: &Value) {
     message(out, tag, |out| match value {
         // Members of a oneof: written even at their default.
         Value::Bool(v) => {
@@ -248,7 +248,7 @@ pub(crate) fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
     }
 }
 
-pub(crate) fn length_delimited(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
+fn length_delimited(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(value.len() as u64, out);
     out.extend_from_slice(value);

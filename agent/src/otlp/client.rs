@@ -368,13 +368,13 @@ fn retry_info(details: &[u8]) -> Option<Duration> {
 /// The few `google.rpc` and well-known messages a gRPC status's details
 /// hold, with only the fields read here.
 mod rpc {
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(prost::Message)]
     pub(super) struct Status {
         #[prost(message, repeated, tag = "3")]
         pub(super) details: Vec<Any>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(prost::Message)]
     pub(super) struct Any {
         #[prost(string, tag = "1")]
         pub(super) type_url: String,
@@ -382,14 +382,14 @@ mod rpc {
         pub(super) value: Vec<u8>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(prost::Message)]
     pub(super) struct RetryInfo {
         #[prost(message, optional, tag = "1")]
         pub(super) retry_delay: Option<Duration>,
     }
 
     /// `google.protobuf.Duration`.
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(prost::Message)]
     pub(super) struct Duration {
         #[prost(int64, tag = "1")]
         pub(super) seconds: i64,

@@ -143,8 +143,10 @@ mod tests {
     use std::borrow::Cow;
     use std::time::{Duration, SystemTime};
 
-    use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanId, TraceFlags, TraceId, TraceState};
-    use opentelemetry::{InstrumentationScope, KeyValue};
+    use opentelemetry::trace::{
+        Event, SpanContext as OtelSpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
@@ -152,9 +154,6 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use proptest::prelude::*;
     use prost::Message;
-
-    use opentelemetry::trace::{Event, SpanKind, Status};
-    use opentelemetry::{Array, StringValue};
 
     use super::*;
     use crate::spans::context::{ANCESTORS, SpanContext};
@@ -179,7 +178,6 @@ mod tests {
     }
 
     /// A span as the layer would record it, in the SDK's terms.
-    #[derive(Clone)]
     struct SpanSpec {
         span_id: u64,
         parent_span_id: u64,

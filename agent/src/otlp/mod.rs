@@ -45,7 +45,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 

@@ -3,10 +3,11 @@
 //! when the queue is full or no exporter runs they are dropped and counted.
 //! Nothing here ever blocks the thread closing the span.
 
-use opentelemetry_sdk::trace::SpanData;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use opentelemetry_sdk::trace::SpanData;
 
 /// A span the layer recorded, closed, waiting for its profile attributes.
 #[derive(Debug)]
