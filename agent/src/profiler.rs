@@ -367,6 +367,13 @@ pub(crate) struct SpanSummary {
     pub(crate) top_functions: Vec<(String, f64)>,
 }
 
+impl SpanSummary {
+    /// Whether nothing was sampled in the span: its profile is all zeros.
+    pub(crate) fn is_unsampled(&self) -> bool {
+        self.samples == 0 && self.self_samples == 0 && self.cpu_ns == 0 && self.top_functions.is_empty()
+    }
+}
+
 /// How much of a history window must exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Coverage {

@@ -16,6 +16,7 @@
 //! the official generated types and compare it with what
 //! opentelemetry-proto's own conversion produces from the same span.
 
+use bytes::Bytes;
 use opentelemetry::Value;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
@@ -34,9 +35,19 @@ pub(crate) struct RequestEncoder {
     /// The spans so far, each a `ScopeSpans.spans` field.
     spans: Vec<u8>,
     span_count: usize,
+    /// The profile attributes of the span being added, written before its
+    /// length is known so that the span is framed without moving it.
+    profile: Vec<u8>,
+    /// The profile attributes of a span with no samples, but for its flame
+    /// graph link: most spans at everyday rates. Encoded once.
+    unsampled_profile: Vec<u8>,
     /// Reused for the profile attributes built as text.
     text: String,
     flamegraph_base: Option<String>,
+    /// The buffer of a request that has been sent, for the next one: a
+    /// request is hundreds of kilobytes, and allocating and freeing one
+    /// each time costs more than the copying.
+    spare: Vec<u8>,
 }
 
 impl RequestEncoder {
@@ -57,13 +68,18 @@ impl RequestEncoder {
             string(out, field::SCOPE_NAME, "smolder");
             string(out, field::SCOPE_VERSION, env!("CARGO_PKG_VERSION"));
         });
+        let mut unsampled_profile = Vec::new();
+        sample_attributes(&mut unsampled_profile, &SpanSummary::default(), &mut String::new());
         RequestEncoder {
             resource_fields,
             scope_field,
             spans: Vec::new(),
             span_count: 0,
+            profile: Vec::new(),
+            unsampled_profile,
             text: String::new(),
             flamegraph_base,
+            spare: Vec::new(),
         }
     }
 
@@ -80,29 +96,45 @@ impl RequestEncoder {
     pub(crate) fn push(&mut self, span: &FinishedSpan, summary: &SpanSummary) {
         let RequestEncoder {
             spans,
+            profile,
+            unsampled_profile,
             text,
             flamegraph_base,
             ..
         } = self;
-        message(spans, field::SPANS, |out| {
-            // Everything the layer recorded, then the profile: a span's
-            // attributes may be split around other fields (see `wire`).
-            out.extend_from_slice(&span.fields);
-            profile_attributes(out, summary, text, flamegraph_base.as_deref(), (span.trace_id, span.span_id));
-        });
+        profile.clear();
+        if summary.is_unsampled() {
+            profile.extend_from_slice(unsampled_profile);
+        } else {
+            sample_attributes(profile, summary, text);
+        }
+        if let Some(base) = flamegraph_base.as_deref() {
+            text.clear();
+            flamegraph_url_into(text, base, span.trace_id, span.span_id);
+            key_string(profile, field::ATTRIBUTES, attribute::FLAMEGRAPH_URL, text);
+        }
+        // Everything the layer recorded, then the profile: a span's
+        // attributes may be split around other fields (see `wire`).
+        let length = span.fields.len() + profile.len();
+        encode_key(field::SPANS, WireType::LengthDelimited, spans);
+        encode_varint(length as u64, spans);
+        spans.extend_from_slice(&span.fields);
+        spans.extend_from_slice(profile);
         self.span_count += 1;
     }
 
     /// The request holding every span pushed since the last call; the
     /// encoder is empty again afterwards (and keeps its buffer).
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
+    pub(crate) fn finish(&mut self) -> Bytes {
         let scope_spans_len = self.scope_field.len() + self.spans.len();
         let resource_spans_len = self.resource_fields.len()
             + key_len(field::SCOPE_SPANS)
             + encoded_len_varint(scope_spans_len as u64)
             + scope_spans_len;
         let total = key_len(field::RESOURCE_SPANS) + encoded_len_varint(resource_spans_len as u64) + resource_spans_len;
-        let mut out = Vec::with_capacity(total);
+        let mut out = std::mem::take(&mut self.spare);
+        out.clear();
+        out.reserve(total);
         encode_key(field::RESOURCE_SPANS, WireType::LengthDelimited, &mut out);
         encode_varint(resource_spans_len as u64, &mut out);
         out.extend_from_slice(&self.resource_fields);
@@ -113,29 +145,27 @@ impl RequestEncoder {
         debug_assert_eq!(out.len(), total);
         self.spans.clear();
         self.span_count = 0;
-        out
+        Bytes::from(out)
+    }
+
+    /// Takes back a request's buffer once the request is done with, if
+    /// nothing else still holds it.
+    pub(crate) fn reclaim(&mut self, request: Bytes) {
+        if let Ok(buffer) = request.try_into_mut() {
+            self.spare = buffer.into();
+        }
     }
 }
 
-/// The five `profile.*` attributes (four without a flame-graph base).
-fn profile_attributes(
-    out: &mut Vec<u8>,
-    summary: &SpanSummary,
-    text: &mut String,
-    flamegraph_base: Option<&str>,
-    (trace_id, span_id): (u128, u64),
-) {
+/// The four `profile.*` attributes that come from the span's samples (the
+/// fifth, the flame-graph link, from its ids).
+fn sample_attributes(out: &mut Vec<u8>, summary: &SpanSummary, text: &mut String) {
     key_value(out, field::ATTRIBUTES, attribute::SAMPLES, &Value::I64(summary.samples as i64));
     key_value(out, field::ATTRIBUTES, attribute::SELF_SAMPLES, &Value::I64(summary.self_samples as i64));
     key_value(out, field::ATTRIBUTES, attribute::CPU_TIME_MS, &Value::F64(super::cpu_time_ms(summary)));
     text.clear();
     super::top_functions_into(text, summary);
     key_string(out, field::ATTRIBUTES, attribute::TOP_FUNCTIONS, text);
-    if let Some(base) = flamegraph_base {
-        text.clear();
-        flamegraph_url_into(text, base, trace_id, span_id);
-        key_string(out, field::ATTRIBUTES, attribute::FLAMEGRAPH_URL, text);
-    }
 }
 
 #[cfg(test)]
@@ -238,7 +268,7 @@ mod tests {
     /// the way spans for the user's own processor get them.
     fn span_data(span: &SpanSpec, summary: &SpanSummary) -> SpanData {
         let mut attributes = span.attributes.clone();
-        attributes.extend(super::super::profile_attributes(summary, Some(BASE), TRACE_ID, span.span_id));
+        super::super::push_profile_attributes(&mut attributes, summary, Some(BASE), TRACE_ID, span.span_id);
         let mut events = SpanEvents::default();
         events.events = span.events.clone();
         SpanData {
@@ -275,7 +305,7 @@ mod tests {
             encoder.push(&recorded(span), summary);
         }
         assert_eq!(encoder.len(), spans.len());
-        let ours = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).expect("our request decodes");
+        let ours = ExportTraceServiceRequest::decode(&encoder.finish()[..]).expect("our request decodes");
         let sdk_spans = spans.iter().map(|(span, summary)| span_data(span, summary)).collect();
         let official = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(sdk_spans, &ResourceAttributesWithSchema::from(&resource)),
@@ -327,10 +357,16 @@ mod tests {
         let mut encoder = RequestEncoder::new(&resource, None);
         encoder.push(&recorded(&span(1, 0, Vec::new())), &summary(1, &[("f", 100.0)]));
         encoder.push(&recorded(&span(2, 1, Vec::new())), &summary(0, &[]));
-        let first = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).unwrap();
+        let first_request = encoder.finish();
+        let first = ExportTraceServiceRequest::decode(&first_request[..]).unwrap();
         assert!(encoder.is_empty());
+        // Sent and done with: the next request is built in its buffer.
+        let first_buffer = first_request.as_ptr();
+        encoder.reclaim(first_request);
         encoder.push(&recorded(&span(3, 0, Vec::new())), &summary(0, &[]));
-        let second = ExportTraceServiceRequest::decode(encoder.finish().as_slice()).unwrap();
+        let second_request = encoder.finish();
+        assert_eq!(second_request.as_ptr(), first_buffer);
+        let second = ExportTraceServiceRequest::decode(&second_request[..]).unwrap();
         let ids = |request: &ExportTraceServiceRequest| -> Vec<Vec<u8>> {
             request.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()).collect()
         };

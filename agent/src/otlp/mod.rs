@@ -309,7 +309,9 @@ impl Worker {
             }
             Err(error) => self.failed(spans, error),
         }
-        exporter.held = None;
+        if let Some(held) = exporter.held.take() {
+            exporter.encoder.reclaim(held.request);
+        }
         false
     }
 
@@ -370,12 +372,13 @@ impl Worker {
                 },
                 Pending::Forwarded { mut span, forward } => {
                     let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-                    span.attributes.extend(profile_attributes(
+                    push_profile_attributes(
+                        &mut span.attributes,
                         summary,
                         self.flamegraph_base.as_deref(),
                         trace_id,
                         span_id,
-                    ));
+                    );
                     forward.on_end(*span);
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
@@ -399,11 +402,12 @@ impl Worker {
     /// any other failure counts its spans.
     fn send(&self, exporter: &mut Exporter) {
         let spans = exporter.encoder.len() as u64;
-        let request = Bytes::from(exporter.encoder.finish());
+        let request = exporter.encoder.finish();
         let Exporter {
             runtime,
             transport,
             timeout,
+            encoder,
             ..
         } = exporter;
         match runtime.block_on(transport.export(&request, *timeout)) {
@@ -420,9 +424,11 @@ impl Worker {
                 held.schedule(error.retry, now);
                 exporter.held = Some(held);
                 self.report(error);
+                return;
             }
             Err(error) => self.failed(spans, error),
         }
+        encoder.reclaim(request);
     }
 
     fn exported(&self, spans: u64) {
@@ -443,15 +449,16 @@ impl Worker {
     }
 }
 
-/// The profile attributes of one span as key-values, for spans on their way
-/// to the user's own processor (our own spans are encoded with them
-/// directly, without these allocations).
-fn profile_attributes(
+/// Appends the profile attributes of one span as key-values, for spans on
+/// their way to the user's own processor (our own spans are encoded with
+/// them directly, without these allocations).
+fn push_profile_attributes(
+    attributes: &mut Vec<KeyValue>,
     summary: &SpanSummary,
     flamegraph_base: Option<&str>,
     trace_id: u128,
     span_id: u64,
-) -> Vec<KeyValue> {
+) {
     let top: opentelemetry::Value = if summary.top_functions.is_empty() {
         // Most spans: a static string, not an allocation per span.
         NO_SAMPLES.into()
@@ -460,7 +467,8 @@ fn profile_attributes(
         top_functions_into(&mut top, summary);
         top.into()
     };
-    let mut attributes = Vec::with_capacity(5);
+    // The span's own list is usually exactly full: one growth, not five.
+    attributes.reserve(5);
     attributes.extend([
         KeyValue::new(attribute::SAMPLES, summary.samples as i64),
         KeyValue::new(attribute::SELF_SAMPLES, summary.self_samples as i64),
@@ -472,7 +480,6 @@ fn profile_attributes(
         flamegraph_url_into(&mut url, base, trace_id, span_id);
         attributes.push(KeyValue::new(attribute::FLAMEGRAPH_URL, url));
     }
-    attributes
 }
 
 /// `profile.cpu_time_ms`: tenths of a millisecond, since finer would be
@@ -512,12 +519,16 @@ fn flamegraph_url_into(url: &mut String, base: &str, trace_id: u128, span_id: u6
     push_hex(url, u128::from(span_id), 16);
 }
 
-/// Appends the low `digits` hex digits of `value`, zero-padded, lower case.
+/// Appends the low `digits` (at most 32) hex digits of `value`,
+/// zero-padded, lower case.
 fn push_hex(out: &mut String, value: u128, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..digits).rev() {
-        out.push(char::from(HEX[(value >> (shift * 4)) as usize & 0xf]));
+    let mut text = [0u8; 32];
+    let text = &mut text[..digits as usize];
+    for (i, digit) in text.iter_mut().rev().enumerate() {
+        *digit = HEX[(value >> (i * 4)) as usize & 0xf];
     }
+    out.push_str(std::str::from_utf8(text).unwrap_or_default());
 }
 
 /// Moves what the queue holds into `batch`, up to [`QUEUE_CAPACITY`] spans
