@@ -6,6 +6,7 @@
 //! a code change.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
@@ -13,7 +14,7 @@ use crate::Error;
 mod otlp;
 
 pub use otlp::OtlpProtocol;
-pub(crate) use otlp::OtlpSettings;
+pub(crate) use otlp::{OtlpSettings, OtlpTls};
 
 /// How the signal handler walks the interrupted thread's stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -379,6 +380,7 @@ pub struct AgentBuilder {
     pub(crate) http_max_connections: Option<u64>,
     pub(crate) otlp_endpoint: Option<String>,
     pub(crate) otlp_protocol: Option<OtlpProtocol>,
+    pub(crate) otlp_tls: OtlpTls,
     pub(crate) http_public_url: Option<String>,
 }
 
@@ -543,6 +545,26 @@ impl AgentBuilder {
         self
     }
 
+    /// The certificate authorities (a PEM file) trusted to sign an
+    /// `https://` endpoint's certificate, instead of the system's
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub fn otlp_certificate(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.otlp_tls.certificate = Some(pem_file.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM files) for an
+    /// `https://` endpoint that asks for one
+    /// (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CLIENT_KEY`).
+    pub fn otlp_client_certificate(
+        mut self,
+        certificate_pem_file: impl Into<PathBuf>,
+        key_pem_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.otlp_tls.client = Some((certificate_pem_file.into(), key_pem_file.into()));
+        self
+    }
+
     /// Starts the agent with these settings. See [`crate::start`].
     pub fn start(self) -> Result<crate::Agent, Error> {
         let config = self.resolve(&ProcessEnv)?;
@@ -633,7 +655,12 @@ impl AgentBuilder {
                     .filter(|u| !u.trim().is_empty())
                     .map(|u| u.trim().trim_end_matches('/').to_owned()),
             },
-            otlp: otlp::resolve(self.otlp_endpoint.as_deref(), self.otlp_protocol, env)?,
+            otlp: otlp::resolve(
+                self.otlp_endpoint.as_deref(),
+                self.otlp_protocol,
+                &self.otlp_tls,
+                env,
+            )?,
         })
     }
 }

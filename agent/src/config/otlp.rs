@@ -7,6 +7,7 @@
 //! OpenTelemetry exporter specification: a signal-specific variable
 //! (`OTEL_EXPORTER_OTLP_TRACES_*`) wins over the general one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Env, parse_choice};
@@ -46,6 +47,20 @@ pub(crate) struct OtlpSettings {
     pub(crate) timeout: Duration,
     /// Whether request bodies are gzip-compressed.
     pub(crate) gzip: bool,
+    /// Certificates for an `https://` endpoint.
+    pub(crate) tls: OtlpTls,
+}
+
+/// The certificate files of an `https://` endpoint, all PEM. Read when the
+/// exporter starts, on the agent's thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OtlpTls {
+    /// The certificate authorities trusted for the collector's certificate
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`); without it, the system's.
+    pub(crate) certificate: Option<PathBuf>,
+    /// A client certificate and its private key, for collectors that ask
+    /// for one (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `..._CLIENT_KEY`).
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The specification's default export timeout.
@@ -56,6 +71,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn resolve(
     endpoint: Option<&str>,
     protocol: Option<OtlpProtocol>,
+    tls: &OtlpTls,
     env: &impl Env,
 ) -> Result<Option<OtlpSettings>, Error> {
     let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
@@ -152,13 +168,59 @@ pub(crate) fn resolve(
     )?
     .unwrap_or(false);
 
+    let path = |traces, general| set(pick(traces, general)).map(|p| PathBuf::from(p.trim()));
+    let certificate = tls.certificate.clone().or_else(|| {
+        path(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        )
+    });
+    let client = match tls.client.clone() {
+        Some(client) => Some(client),
+        None => {
+            let certificate_var = pick(
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            );
+            let key_var = pick(
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            );
+            match (set(certificate_var), set(key_var)) {
+                (Some(certificate), Some(key)) => {
+                    Some((PathBuf::from(certificate.trim()), PathBuf::from(key.trim())))
+                }
+                (None, None) => None,
+                (Some(_), None) => return Err(alone(key_var, certificate_var)),
+                (None, Some(_)) => return Err(alone(certificate_var, key_var)),
+            }
+        }
+    };
+
     Ok(Some(OtlpSettings {
         endpoint,
         protocol,
         headers,
         timeout,
         gzip,
+        tls: OtlpTls {
+            certificate,
+            client,
+        },
     }))
+}
+
+/// A client certificate without its key, or the other way round.
+fn alone(missing: &'static str, given: &'static str) -> Error {
+    Error::InvalidEnvironment {
+        var: missing,
+        value: String::new(),
+        expected: if given.ends_with("_KEY") {
+            "the client certificate's file, since its private key is given"
+        } else {
+            "the client private key's file, since its certificate is given"
+        },
+    }
 }
 
 /// An HTTP endpoint given without a path gets the traces path.
@@ -234,7 +296,7 @@ mod tests {
     use crate::config::tests::env;
 
     fn resolved(pairs: &[(&'static str, &'static str)]) -> Result<Option<OtlpSettings>, Error> {
-        resolve(None, None, &env(pairs))
+        resolve(None, None, &OtlpTls::default(), &env(pairs))
     }
 
     #[test]
@@ -286,7 +348,7 @@ mod tests {
         );
         // The builder's URL: the traces path only when it has no path.
         let given = |url| {
-            resolve(Some(url), None, &env(&[]))
+            resolve(Some(url), None, &OtlpTls::default(), &env(&[]))
                 .unwrap()
                 .unwrap()
                 .endpoint
@@ -297,9 +359,14 @@ mod tests {
             given("http://c:4318/custom/path"),
             "http://c:4318/custom/path"
         );
-        let given_grpc = resolve(Some("http://c:4317"), Some(OtlpProtocol::Grpc), &env(&[]))
-            .unwrap()
-            .unwrap();
+        let given_grpc = resolve(
+            Some("http://c:4317"),
+            Some(OtlpProtocol::Grpc),
+            &OtlpTls::default(),
+            &env(&[]),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(given_grpc.endpoint, "http://c:4317");
     }
 
@@ -361,6 +428,7 @@ mod tests {
         let settings = resolve(
             Some("http://given:4318"),
             Some(OtlpProtocol::HttpProtobuf),
+            &OtlpTls::default(),
             &e,
         )
         .unwrap()
@@ -369,5 +437,54 @@ mod tests {
             (settings.endpoint.as_str(), settings.protocol),
             ("http://given:4318/v1/traces", OtlpProtocol::HttpProtobuf)
         );
+    }
+
+    #[test]
+    fn certificate_files_are_read_from_the_standard_variables() {
+        let tls = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")];
+            all.extend_from_slice(pairs);
+            resolved(&all).map(|settings| settings.unwrap().tls)
+        };
+        assert_eq!(tls(&[]).unwrap(), OtlpTls::default());
+        assert_eq!(
+            tls(&[
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/general.pem"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", " /etc/ca.pem "),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/client.key"),
+            ])
+            .unwrap(),
+            OtlpTls {
+                certificate: Some("/etc/ca.pem".into()),
+                client: Some(("/etc/client.pem".into(), "/etc/client.key".into())),
+            }
+        );
+        // Half a client identity is a mistake worth failing start for.
+        let error =
+            tls(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem")]).unwrap_err();
+        assert!(
+            error.to_string().contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+            "{error}"
+        );
+        let error =
+            tls(&[("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/etc/client.key")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+            "{error}"
+        );
+        // The builder's files win.
+        let given = OtlpTls {
+            certificate: Some("/given/ca.pem".into()),
+            client: None,
+        };
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+        ]);
+        let settings = resolve(None, None, &given, &e).unwrap().unwrap();
+        assert_eq!(settings.tls, given);
     }
 }

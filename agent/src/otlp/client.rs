@@ -118,6 +118,9 @@ pub(crate) struct HttpTransport {
     /// The connection of the last successful exchange, if the collector
     /// kept it open.
     kept: Option<Connection>,
+    /// For an `https://` endpoint.
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::HttpTls>,
 }
 
 /// An HTTP/1.1 connection: the request side, and the task driving the
@@ -141,17 +144,24 @@ impl HttpTransport {
         let uri: Uri = endpoint
             .parse()
             .map_err(|e| format!("the OTLP endpoint {endpoint:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "cannot export to {endpoint}: smolder's OTLP exporter has no TLS; \
-                 send to a local collector or sidecar over plain http"
-            ));
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("the OTLP endpoint {endpoint:?} is neither http:// nor https://")),
+        };
+        if secure && !cfg!(feature = "tls") {
+            return Err(without_tls(endpoint));
         }
         let authority = uri.authority().ok_or("the OTLP endpoint has no host")?;
         let address = (
             authority.host().trim_matches(['[', ']']).to_owned(),
-            authority.port_u16().unwrap_or(80),
+            authority.port_u16().unwrap_or(if secure { 443 } else { 80 }),
         );
+        #[cfg(feature = "tls")]
+        let tls = match secure {
+            true => Some(super::tls::HttpTls::new(&settings.tls, &address.0)?),
+            false => None,
+        };
         let mut headers = HeaderMap::new();
         let mut insert = |name: &str, value: &str| -> Result<(), String> {
             let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
@@ -176,6 +186,8 @@ impl HttpTransport {
             headers,
             gzip: settings.gzip,
             kept: None,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -194,7 +206,7 @@ impl HttpTransport {
         {
             return self.settle(connection, answer);
         }
-        let mut connection = self.connect().await.map_err(ExportError::retryable)?;
+        let mut connection = self.connect().await?;
         let answer = self
             .exchange(&mut connection, body)
             .await
@@ -202,19 +214,22 @@ impl HttpTransport {
         self.settle(connection, answer)
     }
 
-    async fn connect(&self) -> Result<Connection, String> {
+    async fn connect(&self) -> Result<Connection, ExportError> {
         let (host, port) = (&self.address.0, self.address.1);
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| format!("cannot connect to the OTLP endpoint {}: {e}", self.uri))?;
+            .map_err(|e| ExportError::retryable(format!("cannot connect to the OTLP endpoint {}: {e}", self.uri)))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Connection { sender, driver })
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            // A certificate the configuration does not trust will not be
+            // trusted a second later either: not retried.
+            let stream = tls.connect(stream).await.map_err(|e| {
+                ExportError::fatal(format!("TLS with the OTLP endpoint {} failed: {e}", self.uri))
+            })?;
+            return handshake(stream).await.map_err(ExportError::retryable);
+        }
+        handshake(stream).await.map_err(ExportError::retryable)
     }
 
     /// One request and its whole (bounded) answer, so the connection is
@@ -260,6 +275,28 @@ impl HttpTransport {
     }
 }
 
+/// HTTP/1.1 over an open connection (plain or TLS), its driver spawned.
+async fn handshake<T>(stream: T) -> Result<Connection, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Connection { sender, driver })
+}
+
+/// Why an `https://` endpoint is refused by a build without TLS.
+fn without_tls(endpoint: &str) -> String {
+    format!(
+        "cannot export to {endpoint}: smolder was built without its `tls` feature; \
+         enable it, or send to a collector over plain http"
+    )
+}
+
 /// An HTTP answer, read to its end.
 struct Answer {
     status: hyper::StatusCode,
@@ -294,18 +331,22 @@ pub(crate) struct GrpcTransport {
 
 impl GrpcTransport {
     fn new(settings: &OtlpSettings) -> Result<GrpcTransport, String> {
+        let secure = settings.endpoint.starts_with("https:");
         // Said now, once, rather than by every export failing the same way.
-        if settings.endpoint.starts_with("https:") {
-            return Err(format!(
-                "cannot export to {}: smolder's OTLP exporter has no TLS; \
-                 send to a local collector or sidecar over plain http",
-                settings.endpoint
-            ));
+        if secure && !cfg!(feature = "tls") {
+            return Err(without_tls(&settings.endpoint));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+        #[allow(unused_mut)] // without `tls`
+        let mut endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
             .map_err(|e| format!("the OTLP endpoint {:?} is not a URL: {e}", settings.endpoint))?
             .connect_timeout(settings.timeout)
             .timeout(settings.timeout);
+        #[cfg(feature = "tls")]
+        if secure {
+            endpoint = endpoint
+                .tls_config(super::tls::grpc_config(&settings.tls)?)
+                .map_err(|e| format!("TLS set-up for {}: {e}", settings.endpoint))?;
+        }
         let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
         if settings.gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
@@ -452,18 +493,44 @@ mod tests {
             headers: Vec::new(),
             timeout: Duration::from_secs(1),
             gzip: false,
+            tls: Default::default(),
         }
     }
 
+    #[cfg(feature = "tls")]
     #[test]
-    fn endpoints_needing_tls_are_refused_up_front() {
+    fn https_endpoints_are_set_up_with_the_configured_authority() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _inside = runtime.enter();
+        let authority_key = rcgen::KeyPair::generate().unwrap();
+        let mut authority = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        authority.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let authority = authority.self_signed(&authority_key).unwrap();
+        let file = std::env::temp_dir().join(format!("smolder-client-ca-{}.pem", std::process::id()));
+        std::fs::write(&file, authority.pem()).unwrap();
+        for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+            let mut https = settings("https://collector.example:4318/v1/traces", protocol);
+            https.tls.certificate = Some(file.clone());
+            assert!(Transport::new(&https).is_ok(), "{protocol:?}");
+            // A file that is not there is named now, not at every export.
+            https.tls.certificate = Some(file.with_extension("missing"));
+            let error = Transport::new(&https).err().expect("refused");
+            assert!(error.contains("missing"), "{protocol:?}: {error}");
+            assert!(Transport::new(&settings("http://127.0.0.1:4318/v1/traces", protocol)).is_ok());
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_endpoints_are_refused_without_the_tls_feature() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _inside = runtime.enter();
         for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
             let error = Transport::new(&settings("https://collector.example:4318/v1/traces", protocol))
                 .err()
                 .expect("https is refused");
-            assert!(error.contains("no TLS"), "{protocol:?}: {error}");
+            assert!(error.contains("`tls` feature"), "{protocol:?}: {error}");
             assert!(Transport::new(&settings("http://127.0.0.1:4318/v1/traces", protocol)).is_ok());
         }
     }

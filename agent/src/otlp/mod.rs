@@ -36,6 +36,8 @@
 
 mod client;
 mod encode;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,7 +3,8 @@
 //! official protocol types (`opentelemetry-proto`) and keeps the spans, the
 //! last request's headers and a count of connections. It can also misbehave
 //! on demand (answer 500 or 429, or never answer), and be stopped and
-//! restarted on the same port.
+//! restarted on the same port. Over TLS ([`Receiver::start_tls`], with
+//! certificates from [`Pki`]) it also asks the client for a certificate.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -91,6 +92,8 @@ struct Shared {
     /// The last request's headers, names in lower case.
     headers: Mutex<Vec<(String, String)>>,
     stop: AtomicBool,
+    /// Set for an https receiver.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A running receiver.
@@ -108,6 +111,15 @@ impl Receiver {
     /// Starts on `addr` (retrying briefly while a previous listener on the
     /// same port is released).
     pub fn start_on(addr: SocketAddr) -> Receiver {
+        Receiver::start_with(addr, None)
+    }
+
+    /// An https receiver, with this TLS configuration.
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::start_with("127.0.0.1:0".parse().unwrap(), Some(tls))
+    }
+
+    fn start_with(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match TcpListener::bind(addr) {
@@ -121,7 +133,10 @@ impl Receiver {
         };
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            tls,
+            ..Shared::default()
+        });
         let thread = {
             let shared = shared.clone();
             std::thread::spawn(move || {
@@ -145,7 +160,12 @@ impl Receiver {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn set(&self, behaviour: Behaviour) {
@@ -214,12 +234,28 @@ impl Drop for Receiver {
     }
 }
 
-/// Serves one keep-alive connection.
+/// Serves one keep-alive connection, over TLS if the receiver has it.
 fn serve(stream: TcpStream, shared: &Shared) {
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+    let control = stream.try_clone().unwrap();
+    match &shared.tls {
+        None => serve_on(stream, &control, shared),
+        Some(config) => {
+            let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+            serve_on(
+                rustls::StreamOwned::new(connection, stream),
+                &control,
+                shared,
+            );
+        }
+    }
+}
+
+/// Serves requests read from `stream`; `control` is its socket, for read
+/// timeouts.
+fn serve_on(stream: impl Read + Write, control: &TcpStream, shared: &Shared) {
     let mut reader = BufReader::new(stream);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut content_length = None;
@@ -250,15 +286,11 @@ fn serve(stream: TcpStream, shared: &Shared) {
             }
         }
         let mut body = vec![0; content_length.unwrap_or(0)];
-        let _ = reader
-            .get_mut()
-            .set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = control.set_read_timeout(Some(Duration::from_secs(5)));
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let _ = reader
-            .get_mut()
-            .set_read_timeout(Some(Duration::from_millis(200)));
+        let _ = control.set_read_timeout(Some(Duration::from_millis(200)));
         let gzipped = headers
             .iter()
             .any(|(name, value)| name == "content-encoding" && value == "gzip");
@@ -273,6 +305,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
         shared.arrivals.lock().unwrap().push(Instant::now());
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let answer = *shared.behaviour.lock().unwrap();
+        let writer = reader.get_mut();
         match answer {
             Behaviour::Hang => {
                 while !shared.stop.load(Ordering::Relaxed) {
@@ -323,5 +356,88 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 );
             }
         }
+        let _ = writer.flush();
+    }
+}
+
+/// A certificate authority made for one test, and what it signs: the
+/// receiver's certificate (for 127.0.0.1) and a client's, as PEM files.
+pub struct Pki {
+    dir: std::path::PathBuf,
+    authority: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    server: (rcgen::Certificate, rcgen::KeyPair),
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("smolder-pki-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("smolder test CA {name}"));
+        let authority =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &authority)
+            .unwrap();
+        let pki = Pki {
+            dir,
+            authority,
+            server: (server, key),
+        };
+        std::fs::write(pki.ca_file(), pki.authority.pem()).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["client.smolder.test".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &pki.authority)
+            .unwrap();
+        std::fs::write(pki.client_files().0, client.pem()).unwrap();
+        std::fs::write(pki.client_files().1, client_key.serialize_pem()).unwrap();
+        pki
+    }
+
+    /// The authority's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A client certificate and its key, signed by the authority.
+    pub fn client_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        (self.dir.join("client.pem"), self.dir.join("client.key"))
+    }
+
+    /// A receiver configuration presenting the server certificate and
+    /// requiring a client certificate signed by the authority.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.authority.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain = vec![CertificateDer::from(self.server.0.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server.1.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use crate::formats::assert_well_formed_svg_naming;
-use crate::receiver::{Behaviour, ReceivedSpan, Receiver};
+use crate::receiver::{Behaviour, Pki, ReceivedSpan, Receiver};
 
 /// A running `traced` fixture.
 struct Traced {
@@ -375,6 +375,85 @@ fn export_sends_configured_headers_gzipped_over_one_kept_connection() {
     assert!(spans.iter().all(|s| s.int("profile.samples").is_some()));
     let summary = traced.finish();
     assert_eq!(summary["spans_export_failed"], "0");
+}
+
+#[test]
+fn spans_reach_an_https_collector_that_checks_both_sides() {
+    let pki = Pki::new("mutual");
+    let receiver = Receiver::start_tls(pki.server_config());
+    let endpoint = receiver.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let ca = pki.ca_file().display().to_string();
+    let (certificate, key) = pki.client_files();
+    let (certificate, key) = (certificate.display().to_string(), key.display().to_string());
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &certificate),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ],
+    );
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| spans.len() >= 10);
+    assert!(spans.len() >= 10, "{} spans arrived over TLS", spans.len());
+    assert!(
+        spans.iter().all(|s| s.int("profile.samples").is_some()),
+        "spans carry their profile over TLS too"
+    );
+    let summary = traced.finish();
+    let count = |key: &str| summary[key].parse::<u64>().unwrap();
+    assert_eq!(count("spans_export_failed"), 0, "{summary:?}");
+    assert_eq!(
+        count("spans_exported"),
+        receiver.spans().len() as u64,
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn an_https_collector_signed_by_an_authority_not_trusted_gets_nothing() {
+    let trusted = Pki::new("trusted");
+    let other = Pki::new("other");
+    let receiver = Receiver::start_tls(other.server_config());
+    let ca = trusted.ca_file().display().to_string();
+    let mut traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ],
+    );
+    // The host works on while every export fails its handshake.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.connections() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(receiver.connections() >= 2, "the exporter tried");
+    let before = traced.rounds();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(traced.rounds() > before, "the host's requests go on");
+    let (status, stats) = fetch(&format!("http://{}/debug/pprof/stats", traced.http_addr));
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let error = stats["spans"]["export_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("TLS") && error.contains("certificate"),
+        "{error:?}"
+    );
+    let summary = traced.finish();
+    assert!(
+        summary["spans_export_failed"].parse::<u64>().unwrap() > 0,
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary["spans_export_retries"], "0",
+        "a certificate not trusted is not retried"
+    );
+    assert_eq!(receiver.requests(), 0);
 }
 
 #[test]
