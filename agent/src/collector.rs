@@ -476,7 +476,7 @@ impl Collector {
     /// Runs cycles until `stop` is set, then disarms every timer.
     pub(crate) fn run(mut self, stop: &AtomicBool) {
         threads::name_current_thread(c"smolder-collect");
-        self.own_threads.lock().unwrap_or_else(|p| p.into_inner()).insert(threads::current_tid());
+        threads::enter_agent_thread(&self.own_threads);
         while !stop.load(Relaxed) {
             std::thread::park_timeout(CYCLE);
             // A panic in one cycle must not end sampling for good, nor reach

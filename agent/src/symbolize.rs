@@ -146,10 +146,7 @@ impl SymbolService {
             .name("smolder-symbols".into())
             .stack_size(1 << 20)
             .spawn(move || {
-                own_threads
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(crate::threads::current_tid());
+                crate::threads::enter_agent_thread(&own_threads);
                 drop(own_threads);
                 serve(inbox)
             })?;

@@ -135,10 +135,7 @@ impl HttpServer {
                 .max_blocking_threads(RENDER_THREADS)
                 .thread_name("smolder-http")
                 .on_thread_start(move || {
-                    own_threads
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(crate::threads::current_tid());
+                    crate::threads::enter_agent_thread(&own_threads);
                 })
                 .build()
                 .map_err(|source| Error::Os {
@@ -152,10 +149,7 @@ impl HttpServer {
                 .name("smolder-http".into())
                 .stack_size(512 * 1024)
                 .spawn(move || {
-                    own_threads
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(crate::threads::current_tid());
+                    crate::threads::enter_agent_thread(&own_threads);
                     runtime.block_on(serve(listener, endpoint, shutdown));
                     // Do not wait for blocking work still running (a long
                     // render): it finishes on its own thread, holding what it

@@ -127,10 +127,7 @@ impl SpanWorker {
                 .name("smolder-spans".into())
                 .stack_size(1 << 20)
                 .spawn(move || {
-                    own_threads
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(threads::current_tid());
+                    threads::enter_agent_thread(&own_threads);
                     let worker = Worker {
                         profiler,
                         flamegraph_base,

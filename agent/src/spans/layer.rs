@@ -101,6 +101,12 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // The agent's own threads are neither sampled nor traced: a span
+        // of theirs (h2 opens some for every request it sends) gets no
+        // state, so nothing below records, publishes or exports it.
+        if crate::threads::is_agent_thread() {
+            return;
+        }
         let Some(span) = ctx.span(id) else { return };
         let record = (finished::is_exporting() && !self.otel_pipeline.load(Ordering::Relaxed))
             .then(|| {
@@ -161,6 +167,9 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if crate::threads::is_agent_thread() {
+            return;
+        }
         let Some(context) = self.resolve(id, &ctx) else {
             return;
         };
@@ -169,6 +178,9 @@ where
     }
 
     fn on_exit(&self, _id: &Id, _ctx: Context<'_, S>) {
+        if crate::threads::is_agent_thread() {
+            return;
+        }
         let now = ENTERED.with_borrow_mut(|entered| {
             entered.pop();
             entered.last().copied()
@@ -177,7 +189,10 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if !finished::is_exporting() || self.otel_pipeline.load(Ordering::Relaxed) {
+        if !finished::is_exporting()
+            || self.otel_pipeline.load(Ordering::Relaxed)
+            || crate::threads::is_agent_thread()
+        {
             return;
         }
         let Some(context) = self.resolve(&id, &ctx) else {

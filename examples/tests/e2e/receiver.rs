@@ -406,6 +406,16 @@ impl Pki {
         self.dir.join("ca.pem")
     }
 
+    /// The authority's certificate, and the receiver's certificate and key,
+    /// as PEM.
+    pub fn server_pem(&self) -> (String, String, String) {
+        (
+            self.authority.pem(),
+            self.server.0.pem(),
+            self.server.1.serialize_pem(),
+        )
+    }
+
     /// A client certificate and its key, signed by the authority.
     pub fn client_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
         (self.dir.join("client.pem"), self.dir.join("client.key"))
@@ -439,5 +449,103 @@ impl Pki {
 impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An OTLP/gRPC receiver over TLS (tonic's server, the official service
+/// definition), asking for a client certificate signed by the test's
+/// authority; it keeps the spans it receives.
+pub struct GrpcReceiver {
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Span>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Collect(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collect
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.0.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            for scope_spans in resource_spans.scope_spans {
+                spans.extend(scope_spans.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl GrpcReceiver {
+    pub fn start_tls(pki: &Pki) -> GrpcReceiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (authority, certificate, key) = pki.server_pem();
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(certificate, key))
+            .client_ca_root(Certificate::from_pem(authority));
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = TraceServiceServer::new(Collect(spans.clone()));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                Server::builder()
+                    .tls_config(tls)
+                    .unwrap()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await
+                    .unwrap();
+            });
+        });
+        GrpcReceiver {
+            addr,
+            spans,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+impl Drop for GrpcReceiver {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

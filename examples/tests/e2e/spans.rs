@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use crate::formats::assert_well_formed_svg_naming;
-use crate::receiver::{Behaviour, Pki, ReceivedSpan, Receiver};
+use crate::receiver::{Behaviour, GrpcReceiver, Pki, ReceivedSpan, Receiver};
 
 /// A running `traced` fixture.
 struct Traced {
@@ -409,6 +409,43 @@ fn spans_reach_an_https_collector_that_checks_both_sides() {
         receiver.spans().len() as u64,
         "{summary:?}"
     );
+}
+
+#[test]
+fn spans_reach_a_grpc_collector_over_tls() {
+    let pki = Pki::new("grpc");
+    let receiver = GrpcReceiver::start_tls(&pki);
+    let ca = pki.ca_file().display().to_string();
+    let (certificate, key) = pki.client_files();
+    let (certificate, key) = (certificate.display().to_string(), key.display().to_string());
+    let traced = Traced::start(
+        &["steady"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &certificate),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.spans().len() < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let summary = traced.finish();
+    let spans = receiver.spans();
+    assert!(
+        spans.len() >= 10,
+        "{} spans arrived over gRPC and TLS: {summary:?}",
+        spans.len()
+    );
+    // Only the fixture's own: the spans h2 opens on the agent's thread
+    // while sending are not recorded (they would feed on themselves).
+    let names: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["cpu_heavy", "request"].into(), "{names:?}");
+    let count = |key: &str| summary[key].parse::<u64>().unwrap();
+    assert_eq!(count("spans_export_failed"), 0, "{summary:?}");
+    assert_eq!(count("spans_exported"), spans.len() as u64, "{summary:?}");
 }
 
 #[test]
