@@ -375,7 +375,11 @@ mod tests {
         let (total, burnt) = process_cpu_ticks(std::process::id(), "probe-burn").unwrap();
         let (_, none) = process_cpu_ticks(std::process::id(), "no-such-thread").unwrap();
         burner.join().unwrap();
-        assert!(burnt > 0 && total >= burnt, "{burnt} of {total}");
+        // The kernel scales a thread's and the whole process's tick counts
+        // separately (each split into user and system time from its own
+        // samples), so one thread can show a tick or two more than the
+        // process: a bound, not an equality.
+        assert!(burnt > 0 && total + 2 >= burnt, "{burnt} of {total}");
         assert_eq!(none, 0);
     }
 
