@@ -223,11 +223,6 @@ impl Drop for WritersGuard<'_> {
     }
 }
 
-std::thread_local! {
-    /// Whether the calling thread is one of the agent's own.
-    static AGENT_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Marks the calling thread as one of the agent's: its id goes into
 /// `own_threads`, so that it is never sampled, and the tracing layer
 /// records none of its spans (the libraries the exporter runs, h2 among
@@ -237,13 +232,7 @@ pub(crate) fn enter_agent_thread(own_threads: &std::sync::Mutex<std::collections
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(current_tid());
-    AGENT_THREAD.set(true);
-}
-
-/// Whether the calling thread is one of the agent's (see
-/// [`enter_agent_thread`]).
-pub(crate) fn is_agent_thread() -> bool {
-    AGENT_THREAD.get()
+    crate::spans::mark_agent_thread();
 }
 
 /// The calling thread's kernel thread id.

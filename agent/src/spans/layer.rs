@@ -104,7 +104,7 @@ where
         // The agent's own threads are neither sampled nor traced: a span
         // of theirs (h2 opens some for every request it sends) gets no
         // state, so nothing below records, publishes or exports it.
-        if crate::threads::is_agent_thread() {
+        if super::is_agent_thread() {
             return;
         }
         let Some(span) = ctx.span(id) else { return };
@@ -167,7 +167,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if crate::threads::is_agent_thread() {
+        if super::is_agent_thread() {
             return;
         }
         let Some(context) = self.resolve(id, &ctx) else {
@@ -178,7 +178,7 @@ where
     }
 
     fn on_exit(&self, _id: &Id, _ctx: Context<'_, S>) {
-        if crate::threads::is_agent_thread() {
+        if super::is_agent_thread() {
             return;
         }
         let now = ENTERED.with_borrow_mut(|entered| {
@@ -191,7 +191,7 @@ where
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         if !finished::is_exporting()
             || self.otel_pipeline.load(Ordering::Relaxed)
-            || crate::threads::is_agent_thread()
+            || super::is_agent_thread()
         {
             return;
         }

@@ -21,7 +21,27 @@ sampling_platform! {
     pub(crate) mod table;
 }
 
+use std::cell::Cell;
+
 use context::SpanContext;
+
+std::thread_local! {
+    /// Whether the calling thread is one of the agent's own.
+    static AGENT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as the agent's (`threads::enter_agent_thread`):
+/// the layer records none of its spans. The libraries the exporter runs,
+/// h2 among them, open spans of their own, and exporting those would make
+/// more.
+pub(crate) fn mark_agent_thread() {
+    AGENT_THREAD.set(true);
+}
+
+/// Whether the calling thread is one of the agent's.
+pub(crate) fn is_agent_thread() -> bool {
+    AGENT_THREAD.get()
+}
 
 sampling_platform! {
 /// Publishes the calling thread's current span (or none) for its samples.
