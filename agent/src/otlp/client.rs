@@ -222,10 +222,16 @@ impl HttpTransport {
         let _ = stream.set_nodelay(true);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            // A certificate the configuration does not trust will not be
-            // trusted a second later either: not retried.
             let stream = tls.connect(stream).await.map_err(|e| {
-                ExportError::fatal(format!("TLS with the OTLP endpoint {} failed: {e}", self.uri))
+                let message = format!("TLS with the OTLP endpoint {} failed: {e}", self.uri);
+                // What TLS itself rejected (a certificate not trusted, no
+                // protocol in common) comes as invalid data and would be
+                // rejected again: not retried. A connection that broke
+                // during the handshake may be a collector restarting.
+                match e.kind() {
+                    std::io::ErrorKind::InvalidData => ExportError::fatal(message),
+                    _ => ExportError::retryable(message),
+                }
             })?;
             return handshake(stream).await.map_err(ExportError::retryable);
         }
