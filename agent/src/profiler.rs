@@ -370,7 +370,7 @@ pub(crate) struct SpanSummary {
 impl SpanSummary {
     /// Whether nothing was sampled in the span: its profile is all zeros.
     pub(crate) fn is_unsampled(&self) -> bool {
-        self.samples == 0 && self.self_samples == 0 && self.cpu_ns == 0 && self.top_functions.is_empty()
+        *self == SpanSummary::default()
     }
 }
 

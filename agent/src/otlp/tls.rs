@@ -11,6 +11,7 @@
 //! HTTP uses this configuration through tokio-rustls. gRPC goes through
 //! tonic's own rustls support, handed the same files.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -31,7 +32,7 @@ impl HttpTls {
     pub(super) fn new(files: &OtlpTls, host: &str) -> Result<HttpTls, String> {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("the OTLP endpoint's host {host:?} cannot be checked against a certificate: {e}"))?;
-        let config = client_config(files, b"http/1.1")?;
+        let config = client_config(files)?;
         Ok(HttpTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
@@ -47,9 +48,9 @@ impl HttpTls {
     }
 }
 
-/// rustls's client configuration: the trusted roots, the client identity if
-/// any, and the one application protocol offered.
-fn client_config(files: &OtlpTls, protocol: &[u8]) -> Result<ClientConfig, String> {
+/// rustls's client configuration for HTTP/1.1: the trusted roots, and the
+/// client identity if any.
+fn client_config(files: &OtlpTls) -> Result<ClientConfig, String> {
     // The provider is named rather than taken from a process default, which
     // another library in the host may have set differently (or ambiguously).
     let builder = ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
@@ -57,15 +58,16 @@ fn client_config(files: &OtlpTls, protocol: &[u8]) -> Result<ClientConfig, Strin
         .map_err(|e| format!("TLS set-up: {e}"))?
         .with_root_certificates(trusted_roots(files)?);
     let mut config = match &files.client {
-        Some((certificate, key)) => {
-            let (chain, key) = client_identity(certificate, key)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("the OTLP client certificate {} and its key: {e}", certificate.display()))?
+        Some((certificate_path, key_path)) => {
+            let chain = certificates(&read(certificate_path)?, certificate_path)?;
+            let key = private_key(&read(key_path)?, key_path)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!("the OTLP client certificate {} and its key: {e}", certificate_path.display())
+            })?
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![protocol.to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -74,7 +76,7 @@ fn trusted_roots(files: &OtlpTls) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match &files.certificate {
         Some(path) => {
-            for certificate in certificates(path)? {
+            for certificate in certificates(&read(path)?, path)? {
                 roots
                     .add(certificate)
                     .map_err(|e| format!("the OTLP CA certificate file {}: {e}", path.display()))?;
@@ -96,10 +98,14 @@ fn trusted_roots(files: &OtlpTls) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// Every certificate in a PEM file; at least one.
-fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|all| all.collect::<Result<Vec<_>, _>>())
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Every certificate in `pem` (the contents of `path`); at least one.
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
     if certificates.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
@@ -107,34 +113,29 @@ fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certificates)
 }
 
-fn client_identity(
-    certificate: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain = certificates(certificate)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    Ok((chain, key))
+/// The private key in `pem` (the contents of `path`).
+fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
 }
 
-/// tonic's TLS settings for a gRPC endpoint, from the same files.
+/// tonic's TLS settings for a gRPC endpoint, from the same files. Each is
+/// parsed here too, so that a bad one is named now rather than by every
+/// connection attempt.
 pub(super) fn grpc_config(files: &OtlpTls) -> Result<tonic::transport::ClientTlsConfig, String> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
     let mut config = tonic::transport::ClientTlsConfig::new();
     config = match &files.certificate {
         Some(path) => {
-            // Checked here, so that a bad file is named now rather than by
-            // every connection attempt.
-            certificates(path)?;
-            config.ca_certificate(tonic::transport::Certificate::from_pem(read(path)?))
+            let pem = read(path)?;
+            certificates(&pem, path)?;
+            config.ca_certificate(tonic::transport::Certificate::from_pem(pem))
         }
         None => config.with_native_roots(),
     };
-    if let Some((certificate, key)) = &files.client {
-        client_identity(certificate, key)?;
-        config = config.identity(tonic::transport::Identity::from_pem(read(certificate)?, read(key)?));
+    if let Some((certificate_path, key_path)) = &files.client {
+        let (certificate, key) = (read(certificate_path)?, read(key_path)?);
+        certificates(&certificate, certificate_path)?;
+        private_key(&key, key_path)?;
+        config = config.identity(tonic::transport::Identity::from_pem(certificate, key));
     }
     Ok(config)
 }

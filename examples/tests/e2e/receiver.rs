@@ -180,12 +180,12 @@ impl Receiver {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
-    /// Connections accepted so far.
     /// When each request so far arrived.
     pub fn arrivals(&self) -> Vec<Instant> {
         self.shared.arrivals.lock().unwrap().clone()
     }
 
+    /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
     }
