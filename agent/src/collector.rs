@@ -297,12 +297,16 @@ impl Store {
     }
 
     /// The CPU of each of `span_ids` by leaf address (`None` for a span
-    /// with no samples), under one lock: what span summaries need, without
+    /// with no samples, and for span id 0, which stands for one known to
+    /// have none), under one lock: what span summaries need, without
     /// expanding whole stacks.
     pub(crate) fn span_leaves(&self, span_ids: &[u64], leaves: &mut Vec<Option<SpanLeaves>>) -> Arc<ModuleMap> {
         let state = self.lock();
         leaves.clear();
         leaves.extend(span_ids.iter().map(|&span_id| {
+                if span_id == 0 {
+                    return None;
+                }
                 let entry = state.spans.get(span_id)?;
                 let mut by_leaf: FastMap<u64, u64> = FastMap::default();
                 for (stack, thread, cpu_ns) in entry.aggregate.iter() {

@@ -158,9 +158,10 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
         record.weight = weight;
         record.rate_epoch = rate_epoch;
         // The layer publishes the span on this very thread, so reading it here
-        // (where the signal was delivered) sees a whole context.
+        // (where the signal was delivered) sees a whole context. The read
+        // counts the sample for the layer (see `spans::context`).
         record.span = match shared.registry.find(tid) {
-            Some(slot) => shared.registry.slot(slot).span.read(),
+            Some(slot) => shared.registry.slot(slot).span.read_for_sample(),
             None => crate::spans::context::SpanContext::NONE,
         };
         let result = scratch.with_caches(|caches| {

@@ -329,7 +329,7 @@ impl Profiler {
             export_failed: read(|c| &c.export_failed),
             export_retries: read(|c| &c.export_retries),
             export_error: export.and_then(|c| c.export_error.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-            forwarded: read(|c| &c.forwarded),
+            forwarded: crate::spans::finished::forwarded(),
             dropped_queue_full: queue_full,
             dropped_no_exporter: no_exporter,
             tracked: self.store.lock().spans.len(),

@@ -261,7 +261,7 @@ mod tests {
             ancestors,
             ..SpanContext::NONE
         };
-        record.finish(&context, spec.start, spec.end)
+        record.finish(&context, spec.start, spec.end, true)
     }
 
     /// The same span as the SDK would export it, profile attributes added

@@ -97,7 +97,6 @@ pub(crate) struct ExportCounters {
     pub(crate) export_failed: AtomicU64,
     /// Requests sent again after a retryable failure.
     pub(crate) export_retries: AtomicU64,
-    pub(crate) forwarded: AtomicU64,
     /// Why the latest request failed, while export is failing; cleared when
     /// a request goes through.
     pub(crate) export_error: Mutex<Option<String>>,
@@ -118,7 +117,7 @@ impl SpanWorker {
         flamegraph_base: Option<String>,
         own_threads: Arc<Mutex<HashSet<i32>>>,
     ) -> Result<SpanWorker, Error> {
-        let inbox = finished::install(otlp.is_some());
+        let inbox = finished::install(otlp.is_some(), flamegraph_base.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(ExportCounters::default());
         let thread = {
@@ -341,22 +340,29 @@ impl Worker {
     /// Enriches a batch and sends each span on. Our own spans stay in
     /// `batch` once a request is held for retry; the rest leave it.
     fn handle(&self, batch: &mut Vec<Pending>, mut exporter: Option<&mut Exporter>, buffers: &mut BatchBuffers) {
-        // Every sample of these spans was taken before now: wait for the
-        // collector to have drained them (one or two cycles).
-        self.profiler
-            .store
-            .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
         let BatchBuffers {
             span_ids,
             leaves,
             summaries,
         } = buffers;
+        // Spans the layer saw no sample in are looked up as span 0, which
+        // the collector never has: their profile is empty.
         span_ids.clear();
-        span_ids.extend(batch.iter().map(Pending::span_id));
-        self.profiler.span_summaries(span_ids, leaves, summaries);
+        span_ids.extend(batch.iter().map(|p| if p.sampled() { p.span_id() } else { 0 }));
+        if span_ids.iter().any(|&id| id != 0) {
+            // Every sample of these spans was taken before now: wait for
+            // the collector to have drained them (one or two cycles).
+            self.profiler
+                .store
+                .wait_drained(monotonic_now_ns(), Duration::from_secs(2));
+            self.profiler.span_summaries(span_ids, leaves, summaries);
+        } else {
+            summaries.clear();
+            summaries.resize(span_ids.len(), SpanSummary::default());
+        }
         let mut unexported = 0;
         let mut pending_spans = std::mem::take(batch);
-        for ((pending, summary), &span_id) in pending_spans.drain(..).zip(summaries.iter()).zip(span_ids.iter()) {
+        for (pending, summary) in pending_spans.drain(..).zip(summaries.iter()) {
             match pending {
                 Pending::Recorded(span) => match exporter.as_deref_mut() {
                     // The collector asked for less: keep it for later.
@@ -371,6 +377,7 @@ impl Worker {
                 },
                 Pending::Forwarded { mut span, forward } => {
                     let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
+                    let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
                     push_profile_attributes(
                         &mut span.attributes,
                         summary,
@@ -379,7 +386,7 @@ impl Worker {
                         span_id,
                     );
                     forward.on_end(*span);
-                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    finished::count_forwarded();
                 }
             }
         }
@@ -451,7 +458,7 @@ impl Worker {
 /// Appends the profile attributes of one span as key-values, for spans on
 /// their way to the user's own processor (our own spans are encoded with
 /// them directly, without these allocations).
-fn push_profile_attributes(
+pub(crate) fn push_profile_attributes(
     attributes: &mut Vec<KeyValue>,
     summary: &SpanSummary,
     flamegraph_base: Option<&str>,

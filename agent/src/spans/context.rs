@@ -12,8 +12,15 @@
 //! the writer fills the inactive one and then flips `active`, so a signal
 //! arriving at any instruction reads either the old context or the new one,
 //! never a half-written mix, without locks.
+//!
+//! The cell also counts the samples the handler took on its thread. The
+//! layer reads the count when a span is entered and again when it is
+//! exited: if it did not move, no sample can have been credited to that
+//! span while it was entered there, and most spans (shorter than a
+//! sampling period) are known to have an empty profile when they close,
+//! without asking the collector.
 
-use crate::sync::{AtomicU8, Ordering, UnsafeCell};
+use crate::sync::{AtomicU8, AtomicU32, Ordering, UnsafeCell};
 
 /// Enclosing spans carried with each sample, beyond the leaf.
 pub(crate) const ANCESTORS: usize = 6;
@@ -66,6 +73,36 @@ pub(crate) struct SpanCell {
     /// 0 or 1: the copy to read; [`IDLE`]: none.
     active: AtomicU8,
     copies: [UnsafeCell<SpanContext>; 2],
+    /// Samples the handler took on this thread, wrapping. Never reset, not
+    /// even when the slot passes to another thread: a count that moved
+    /// back to where it was could hide a sample.
+    samples: AtomicU32,
+}
+
+/// Where one thread's sample count stood at some instant: its registry
+/// slot and the count there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SampleMark {
+    slot: usize,
+    samples: u32,
+}
+
+impl SampleMark {
+    pub(crate) fn new(slot: usize, samples: u32) -> Self {
+        SampleMark { slot, samples }
+    }
+}
+
+/// Whether a sample may have been taken on this thread between two marks.
+/// `None` is "no agent was running": between two of those nothing was
+/// sampled; between marks of different slots (the agent restarted, the
+/// thread was registered anew) anything may have been.
+pub(crate) fn sampled_between(before: Option<SampleMark>, after: Option<SampleMark>) -> bool {
+    match (before, after) {
+        (None, None) => false,
+        (Some(before), Some(after)) => before != after,
+        _ => true,
+    }
 }
 
 // SAFETY: a cell is written only by the thread that owns its registry slot
@@ -81,7 +118,17 @@ impl SpanCell {
                 UnsafeCell::new(SpanContext::NONE),
                 UnsafeCell::new(SpanContext::NONE),
             ],
+            samples: AtomicU32::new(0),
         }
+    }
+
+    /// Samples taken on this thread so far (wrapping).
+    ///
+    /// Must be called only by the thread owning this cell.
+    pub(crate) fn samples(&self) -> u32 {
+        // Relaxed: only this thread's handler writes it, and a handler runs
+        // to completion between two instructions of the thread.
+        self.samples.load(Ordering::Relaxed)
     }
 
     /// Publishes `context` as the thread's current span.
@@ -103,6 +150,21 @@ impl SpanCell {
     /// Marks the thread as outside any span.
     pub(crate) fn clear(&self) {
         self.active.store(IDLE, Ordering::Release);
+    }
+
+    /// The current context, for a sample being taken, counting the sample.
+    ///
+    /// # Signal safety
+    /// Atomic loads and a store, and a copy of plain data.
+    #[inline(always)]
+    pub(crate) fn read_for_sample(&self) -> SpanContext {
+        // A load and a store, not a locked read-modify-write: the handler
+        // on this cell's thread is its only writer, and handlers on one
+        // thread do not nest (SIGPROF is blocked while one runs).
+        let samples = self.samples.load(Ordering::Relaxed);
+        self.samples
+            .store(samples.wrapping_add(1), Ordering::Relaxed);
+        self.read()
     }
 
     /// The current context, if a span is entered.
@@ -154,5 +216,34 @@ mod tests {
         }
         cell.clear();
         assert!(!cell.read().is_some());
+    }
+
+    #[test]
+    fn samples_are_counted_as_they_are_read() {
+        let cell = SpanCell::new();
+        let before = SampleMark::new(3, cell.samples());
+        assert!(!sampled_between(
+            Some(before),
+            Some(SampleMark::new(3, cell.samples()))
+        ));
+        cell.read_for_sample();
+        let after = SampleMark::new(3, cell.samples());
+        assert!(sampled_between(Some(before), Some(after)));
+    }
+
+    #[test]
+    fn marks_from_different_slots_or_agents_count_as_sampled() {
+        let mark = |slot, samples| Some(SampleMark::new(slot, samples));
+        assert!(!sampled_between(None, None), "no agent, no samples");
+        assert!(
+            sampled_between(None, mark(1, 0)),
+            "an agent started meanwhile"
+        );
+        assert!(
+            sampled_between(mark(1, 0), None),
+            "an agent stopped meanwhile"
+        );
+        assert!(sampled_between(mark(1, 5), mark(2, 5)), "registered anew");
+        assert!(!sampled_between(mark(1, 5), mark(1, 5)));
     }
 }

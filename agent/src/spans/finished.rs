@@ -17,6 +17,9 @@ pub(crate) struct FinishedSpan {
     /// Every field of its OTLP `Span` message but the profile attributes,
     /// in wire form (see `spans::record`).
     pub(crate) fields: Vec<u8>,
+    /// Whether a sample may have been credited to it; if not, its profile
+    /// is empty and the collector need not be asked.
+    pub(crate) sampled: bool,
 }
 
 /// What the exporter enriches: our own spans, or spans from the user's
@@ -39,22 +42,44 @@ impl Pending {
             }
         }
     }
+
+    /// Whether a sample may have been credited to the span. The user's
+    /// spans come this way only if so (see `ProfilingSpanProcessor`).
+    pub(crate) fn sampled(&self) -> bool {
+        match self {
+            Pending::Recorded(span) => span.sampled,
+            Pending::Forwarded { .. } => true,
+        }
+    }
 }
 
 /// Spans waiting for the exporter, at most.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
-static SINK: RwLock<Option<SyncSender<Pending>>> = RwLock::new(None);
+/// The running agent's end of the queue, and what spans forwarded at once
+/// need from it.
+struct Sink {
+    sender: SyncSender<Pending>,
+    /// Where the agent serves span flame graphs (`profile.flamegraph_url`).
+    flamegraph_base: Option<String>,
+}
+
+static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 /// Whether our layer's spans are exported (so the layer records their
 /// attributes and events); false while no agent exports.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_NO_EXPORTER: AtomicU64 = AtomicU64::new(0);
+/// Spans passed on to the user's own processor with their attributes.
+static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
 /// Opens the queue; the agent's exporter thread reads the receiver.
-pub(crate) fn install(exporting: bool) -> Receiver<Pending> {
+pub(crate) fn install(exporting: bool, flamegraph_base: Option<String>) -> Receiver<Pending> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-    *SINK.write().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    *SINK.write().unwrap_or_else(|p| p.into_inner()) = Some(Sink {
+        sender,
+        flamegraph_base,
+    });
     EXPORTING.store(exporting, Ordering::Relaxed);
     receiver
 }
@@ -76,11 +101,11 @@ pub(crate) fn submit(pending: Pending) -> Result<(), Pending> {
         DROPPED_NO_EXPORTER.fetch_add(1, Ordering::Relaxed);
         return Err(pending);
     };
-    let Some(sender) = sink.as_ref() else {
+    let Some(sink) = sink.as_ref() else {
         DROPPED_NO_EXPORTER.fetch_add(1, Ordering::Relaxed);
         return Err(pending);
     };
-    match sender.try_send(pending) {
+    match sink.sender.try_send(pending) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(pending)) => {
             DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +116,25 @@ pub(crate) fn submit(pending: Pending) -> Result<(), Pending> {
             Err(pending)
         }
     }
+}
+
+/// Runs `f` with the running agent's flame-graph base URL (`None` if it
+/// serves none). `None` when no agent runs, or one is starting or stopping
+/// right now: never waits.
+pub(crate) fn with_flamegraph_base<R>(f: impl FnOnce(Option<&str>) -> R) -> Option<R> {
+    let sink = SINK.try_read().ok()?;
+    sink.as_ref().map(|sink| f(sink.flamegraph_base.as_deref()))
+}
+
+/// Counts a span passed on to the user's processor with its attributes.
+pub(crate) fn count_forwarded() {
+    FORWARDED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Spans passed on to the user's processor with their attributes, since
+/// the process started.
+pub(crate) fn forwarded() -> u64 {
+    FORWARDED.load(Ordering::Relaxed)
 }
 
 /// Spans dropped before export: (queue full, no exporter running).

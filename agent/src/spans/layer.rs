@@ -12,6 +12,15 @@
 //! tracing-opentelemetry pipeline is doing it already, the layer also keeps
 //! each span's fields, events and times, and on close hands the finished
 //! span to the exporter's queue without waiting.
+//!
+//! On exit, the layer also learns whether any sample was taken while the
+//! span was entered (the thread's sample count moved: see
+//! `spans::context`). If so, the span and every span above it are marked
+//! *sampled*: those are the spans such a sample is credited to. A span
+//! never marked has an empty profile, known when it closes, and skips the
+//! wait for the collector. In a tracing-opentelemetry pipeline the mark is
+//! a private attribute on the OpenTelemetry span, which
+//! [`ProfilingSpanProcessor`](crate::ProfilingSpanProcessor) takes off again.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -20,15 +29,15 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use opentelemetry::Value;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{KeyValue, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::context::{ANCESTORS, SpanContext};
+use super::context::{ANCESTORS, SampleMark, SpanContext, sampled_between};
 use super::finished::{self, Pending};
 use super::record::{KeyValues, SpanRecord};
 
@@ -83,11 +92,23 @@ struct SpanState {
     start: SystemTime,
     /// Recorded only while exporting.
     record: Option<SpanRecord>,
+    /// Whether a sample may have been credited to the span (see the module
+    /// docs). Once set, it is set on every span above it too.
+    sampled: bool,
+}
+
+/// A span entered on this thread.
+struct Entered {
+    /// Its `tracing` id.
+    id: u64,
+    context: SpanContext,
+    /// The thread's sample count just before the span was published.
+    since: Option<SampleMark>,
 }
 
 thread_local! {
-    /// The contexts of the spans entered on this thread, innermost last.
-    static ENTERED: RefCell<Vec<SpanContext>> = const { RefCell::new(Vec::new()) };
+    /// The spans entered on this thread, innermost last.
+    static ENTERED: RefCell<Vec<Entered>> = const { RefCell::new(Vec::new()) };
     /// A per-thread id generator state (see `random_u64`).
     static RNG: Cell<u64> = const { Cell::new(0) };
 }
@@ -121,6 +142,7 @@ where
             context: None,
             start: SystemTime::now(),
             record,
+            sampled: false,
         });
     }
 
@@ -173,19 +195,35 @@ where
         let Some(context) = self.resolve(id, &ctx) else {
             return;
         };
-        ENTERED.with_borrow_mut(|entered| entered.push(context));
-        publish(Some(&context));
+        let since = publish(Some(&context)).before;
+        ENTERED.with_borrow_mut(|entered| {
+            entered.push(Entered {
+                id: id.into_u64(),
+                context,
+                since,
+            });
+        });
     }
 
-    fn on_exit(&self, _id: &Id, _ctx: Context<'_, S>) {
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         if super::is_agent_thread() {
             return;
         }
-        let now = ENTERED.with_borrow_mut(|entered| {
-            entered.pop();
-            entered.last().copied()
+        // Exits are nearly always innermost first, but `tracing` allows
+        // others: the span leaving is looked for, not assumed on top.
+        let (left, now) = ENTERED.with_borrow_mut(|entered| {
+            let left = entered
+                .iter()
+                .rposition(|e| e.id == id.into_u64())
+                .map(|index| entered.remove(index));
+            (left, entered.last().map(|e| e.context))
         });
-        publish(now.as_ref());
+        let until = publish(now.as_ref()).after;
+        if let Some(left) = left
+            && sampled_between(left.since, until)
+        {
+            self.mark_sampled(id, &ctx);
+        }
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -203,7 +241,7 @@ where
             return;
         };
         let Some(record) = state.record else { return };
-        let finished = record.finish(&context, state.start, SystemTime::now());
+        let finished = record.finish(&context, state.start, SystemTime::now(), state.sampled);
         let _ = finished::submit(Pending::Recorded(finished));
     }
 }
@@ -248,9 +286,50 @@ impl SpanLayer {
                 context: Some(context),
                 start: SystemTime::now(),
                 record: None,
+                sampled: false,
             }),
         }
         Some(context)
+    }
+
+    /// Marks the span, and every span above it, as sampled: a sample taken
+    /// in it is credited to its ancestors and its local root too. Rare (a
+    /// span entered across a sample), so the walk up may take its time.
+    fn mark_sampled<S>(&self, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(span) = ctx.span(id) else { return };
+        let in_otel_pipeline =
+            self.otel_pipeline.load(Ordering::Relaxed) && super::processor::in_use();
+        for span in span.scope() {
+            let newly_marked = match span.extensions_mut().get_mut::<SpanState>() {
+                Some(state) => !std::mem::replace(&mut state.sampled, true),
+                None => true,
+            };
+            if !newly_marked {
+                // Marked before, and everything above it with it.
+                break;
+            }
+            if in_otel_pipeline {
+                self.mark_otel_span(&span.id());
+            }
+        }
+    }
+
+    /// Puts the sampled mark on tracing-opentelemetry's span, for
+    /// `ProfilingSpanProcessor` to find.
+    fn mark_otel_span(&self, id: &Id) {
+        let Some(dispatch) = self.dispatch.get().and_then(|d| d.upgrade()) else {
+            return;
+        };
+        // Called with no extensions of the span borrowed, as
+        // `get_otel_context` requires.
+        if let Some(context) = tracing_opentelemetry::get_otel_context(id, &dispatch) {
+            context
+                .span()
+                .set_attribute(KeyValue::new(super::processor::SAMPLED_MARK, true));
+        }
     }
 
     /// The ids tracing-opentelemetry gave this span, if it runs.
@@ -276,8 +355,8 @@ impl SpanLayer {
 }
 
 /// Publishes `context` (or "no span") for this thread's samples.
-fn publish(context: Option<&SpanContext>) {
-    crate::spans::publish_for_current_thread(context);
+fn publish(context: Option<&SpanContext>) -> super::Published {
+    crate::spans::publish_for_current_thread(context)
 }
 
 /// A non-zero random 64-bit id.
@@ -484,7 +563,7 @@ mod tests {
     /// types from the bytes the layer hands the exporter.
     #[test]
     fn recorded_spans_decode_with_their_fields_events_and_status() {
-        let inbox = finished::install(true);
+        let inbox = finished::install(true, None);
         let subscriber = tracing_subscriber::registry().with(tracing_layer());
         tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!("request", route = "/orders/{id}");

@@ -43,18 +43,29 @@ pub(crate) fn is_agent_thread() -> bool {
     AGENT_THREAD.get()
 }
 
+/// A thread's sample count just before it published a span context and
+/// just after (`None` while no agent runs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    pub(crate) before: Option<context::SampleMark>,
+    pub(crate) after: Option<context::SampleMark>,
+}
+
 sampling_platform! {
 /// Publishes the calling thread's current span (or none) for its samples.
 /// Does nothing while no agent runs, so that threads do not fill the
 /// registry for nothing.
-pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) {
+pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) -> Published {
     use std::cell::Cell;
+    use std::sync::atomic::{Ordering, compiler_fence};
+    use context::SampleMark;
     thread_local! {
         /// This thread's kernel id and registry slot, once known.
         static SLOT: Cell<Option<(i32, usize)>> = const { Cell::new(None) };
     }
+    const NOT_RUNNING: Published = Published { before: None, after: None };
     if !crate::agent::is_running() {
-        return;
+        return NOT_RUNNING;
     }
     let registry = crate::threads::registry();
     let slot = match SLOT.get() {
@@ -64,21 +75,35 @@ pub(crate) fn publish_for_current_thread(context: Option<&SpanContext>) {
         _ => {
             let tid = crate::threads::current_tid();
             let Some(slot) = registry.register(tid) else {
-                return;
+                return NOT_RUNNING;
             };
             SLOT.set(Some((tid, slot)));
             slot
         }
     };
     let cell = &registry.slot(slot).span;
+    // A span's samples are those counted between `before` when it is
+    // published and `after` when it is replaced. The fences keep the
+    // compiler from moving either read across the publication. (The handler
+    // runs on this very thread: a compiler fence is all the ordering it
+    // needs.)
+    let before = SampleMark::new(slot, cell.samples());
+    compiler_fence(Ordering::SeqCst);
     match context {
         Some(context) => cell.publish(context),
         None => cell.clear(),
+    }
+    compiler_fence(Ordering::SeqCst);
+    Published {
+        before: Some(before),
+        after: Some(SampleMark::new(slot, cell.samples())),
     }
 }
 }
 
 other_platforms! {
     /// Without sampling, there is no one to publish to.
-    pub(crate) fn publish_for_current_thread(_context: Option<&SpanContext>) {}
+    pub(crate) fn publish_for_current_thread(_context: Option<&SpanContext>) -> Published {
+        Published { before: None, after: None }
+    }
 }

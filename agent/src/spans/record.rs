@@ -105,6 +105,7 @@ impl SpanRecord {
         context: &SpanContext,
         start: SystemTime,
         end: SystemTime,
+        sampled: bool,
     ) -> FinishedSpan {
         let SpanRecord {
             name,
@@ -129,6 +130,7 @@ impl SpanRecord {
             trace_id: context.trace_id,
             span_id: context.span_id,
             fields,
+            sampled,
         }
     }
 }

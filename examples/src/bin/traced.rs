@@ -52,6 +52,18 @@ fn request(round: u64) {
     info_span!("sleepy").in_scope(|| std::thread::sleep(Duration::from_millis(300)));
 }
 
+/// A span that is never entered, whose CPU is all in a child on another
+/// thread: it is credited through the child.
+fn offloaded_request() {
+    let offload = info_span!("offload");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            info_span!(parent: &offload, "offloaded_work")
+                .in_scope(|| span_hot_function(Duration::from_millis(300)))
+        });
+    });
+}
+
 /// Async work on a multi-thread runtime, in one span across many polls.
 fn async_request(runtime: &tokio::runtime::Runtime) {
     runtime.block_on(async {
@@ -114,8 +126,9 @@ fn own(rounds: u64) -> Result<()> {
         request(round);
     }
     async_request(&runtime);
-    // 3 spans a request, plus the async one.
-    settle(&agent, rounds * 3 + 1);
+    offloaded_request();
+    // 3 spans a request, the async one, and the offloaded two.
+    settle(&agent, rounds * 3 + 3);
     print_spans(&agent);
     wait_for_stdin_to_close()
 }
@@ -148,10 +161,16 @@ fn otel(endpoint: &str) -> Result<()> {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("traced")))
         .with(smolder::tracing_layer())
         .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     for round in 0..2 {
         request(round);
     }
-    settle(&agent, 6);
+    async_request(&runtime);
+    offloaded_request();
+    settle(&agent, 2 * 3 + 3);
     provider.force_flush()?;
     print_spans(&agent);
     wait_for_stdin_to_close()?;

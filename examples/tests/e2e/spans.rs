@@ -107,6 +107,100 @@ fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|s| s.name() == name).collect()
 }
 
+/// What every span's profile attributes must say, whichever pipeline
+/// exported them: the fixture knows where each span spent its CPU.
+fn assert_profiles(spans: &[ReceivedSpan], http_addr: &str) {
+    for span in spans {
+        let url = span
+            .string("profile.flamegraph_url")
+            .unwrap_or_else(|| panic!("{} has no profile.flamegraph_url", span.name()));
+        assert!(
+            url.starts_with(&format!(
+                "http://{http_addr}/debug/pprof/flamegraph?trace_id="
+            )),
+            "{url}"
+        );
+        assert!(
+            url.ends_with(&format!("&span_id={}", span.span_id())),
+            "{url}"
+        );
+        assert!(
+            span.attribute("smolder.sampled").is_none(),
+            "the layer's private mark is taken off {}",
+            span.name()
+        );
+    }
+    let requests = named(spans, "request");
+    for heavy in named(spans, "cpu_heavy") {
+        let samples = heavy.int("profile.samples").expect("profile.samples");
+        // 300 ms of CPU at 499 Hz is about 150 samples.
+        assert!(samples > 50, "cpu_heavy has {samples} samples");
+        assert_eq!(
+            heavy.int("profile.self_samples"),
+            Some(samples),
+            "all of it its own"
+        );
+        let top = heavy
+            .string("profile.top_functions")
+            .expect("profile.top_functions");
+        assert!(top.starts_with("traced::span_hot_function"), "{top}");
+        assert!(heavy.attribute("profile.cpu_time_ms").is_some());
+    }
+    // A sleeping span's profile is empty: it says 0, not nothing. (A sample
+    // can land, rarely, in the microseconds of CPU it takes to enter the
+    // span and fall asleep: none says much, and at least one says 0.)
+    let sleepy = named(spans, "sleepy");
+    for span in &sleepy {
+        let samples = span.int("profile.samples").expect("profile.samples");
+        assert!(
+            samples < 5,
+            "a sleeping span has {samples} samples:\n{}",
+            fetch(&format!(
+                "http://{http_addr}/debug/pprof/folded?trace_id={}&span_id={}",
+                span.trace_id(),
+                span.span_id()
+            ))
+            .1
+        );
+    }
+    let empty: Vec<_> = sleepy
+        .iter()
+        .filter(|s| s.int("profile.samples") == Some(0))
+        .collect();
+    assert!(!empty.is_empty(), "no sleeping span says 0");
+    for span in empty {
+        assert_eq!(span.int("profile.self_samples"), Some(0));
+        assert_eq!(span.string("profile.top_functions"), Some("no CPU samples"));
+    }
+    for request in &requests {
+        let total = request.int("profile.samples").unwrap();
+        let own = request.int("profile.self_samples").unwrap();
+        assert!(
+            total > own,
+            "a parent counts its children's samples: {total} vs {own}"
+        );
+    }
+
+    // An async task hopping between runtime worker threads is attributed.
+    let async_work = named(spans, "async_work")[0];
+    assert!(async_work.int("profile.samples").unwrap() > 20);
+    let top = async_work.string("profile.top_functions").unwrap();
+    assert!(
+        top.contains("span_hot_function") || top.contains("async_hot_function"),
+        "{top}"
+    );
+
+    // A span never entered, with all its CPU in a child on another thread,
+    // is credited through the child.
+    let offload = named(spans, "offload")[0];
+    let samples = offload.int("profile.samples").unwrap();
+    assert!(samples > 50, "offload has {samples} samples");
+    assert_eq!(offload.int("profile.self_samples"), Some(0));
+    let work = named(spans, "offloaded_work")[0];
+    assert!(work.int("profile.samples").unwrap() > 50);
+    assert_eq!(work.parent_span_id(), offload.span_id());
+}
+
 #[test]
 fn exported_spans_carry_their_cpu_profile() {
     let receiver = Receiver::start();
@@ -116,7 +210,9 @@ fn exported_spans_carry_their_cpu_profile() {
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
     let spans = receiver.wait_for(Duration::from_secs(60), |spans| {
-        named(spans, "request").len() >= 3 && !named(spans, "async_work").is_empty()
+        named(spans, "request").len() >= 3
+            && !named(spans, "async_work").is_empty()
+            && !named(spans, "offload").is_empty()
     });
     assert!(
         spans.iter().all(|s| s.service == "traced"),
@@ -140,49 +236,7 @@ fn exported_spans_carry_their_cpu_profile() {
         "requests are roots"
     );
 
-    for heavy in named(&spans, "cpu_heavy") {
-        let samples = heavy.int("profile.samples").expect("profile.samples");
-        // 300 ms of CPU at 499 Hz is about 150 samples.
-        assert!(samples > 50, "cpu_heavy has {samples} samples");
-        assert_eq!(
-            heavy.int("profile.self_samples"),
-            Some(samples),
-            "all of it its own"
-        );
-        let top = heavy
-            .string("profile.top_functions")
-            .expect("profile.top_functions");
-        assert!(top.starts_with("traced::span_hot_function"), "{top}");
-        assert!(heavy.attribute("profile.cpu_time_ms").is_some());
-    }
-    for sleepy in named(&spans, "sleepy") {
-        assert_eq!(
-            sleepy.int("profile.samples"),
-            Some(0),
-            "a sleeping span says 0, not nothing"
-        );
-        assert_eq!(
-            sleepy.string("profile.top_functions"),
-            Some("no CPU samples")
-        );
-    }
-    for request in &requests {
-        let total = request.int("profile.samples").unwrap();
-        let own = request.int("profile.self_samples").unwrap();
-        assert!(
-            total > own,
-            "a parent counts its children's samples: {total} vs {own}"
-        );
-    }
-
-    // An async task hopping between runtime worker threads is attributed.
-    let async_work = named(&spans, "async_work")[0];
-    assert!(async_work.int("profile.samples").unwrap() > 20);
-    let top = async_work.string("profile.top_functions").unwrap();
-    assert!(
-        top.contains("span_hot_function") || top.contains("async_hot_function"),
-        "{top}"
-    );
+    assert_profiles(&spans, &traced.http_addr);
 
     // The flame graph link works and shows the span's hot function.
     let url = named(&spans, "cpu_heavy")[0]
@@ -223,13 +277,9 @@ fn a_users_own_otel_pipeline_gets_the_profile_attributes() {
         &["otel", "--endpoint", &endpoint],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())],
     );
-    let spans = receiver.wait_for(Duration::from_secs(60), |spans| {
-        named(spans, "request").len() >= 2
-    });
-    let summary = traced.finish();
-    let spans = receiver
-        .wait_for(Duration::from_secs(5), |spans| spans.len() >= 6)
-        .max_by_len(spans);
+    // The fixture flushes its provider before it reports, so every span has
+    // arrived by then.
+    let spans = receiver.wait_for(Duration::from_secs(60), |spans| spans.len() >= 9);
     assert!(
         spans.iter().all(|s| s.service == "traced-otel"),
         "the user's resource"
@@ -239,16 +289,10 @@ fn a_users_own_otel_pipeline_gets_the_profile_attributes() {
     let before = ids.len();
     ids.dedup();
     assert_eq!(ids.len(), before, "each span exported once");
-    for heavy in named(&spans, "cpu_heavy") {
-        assert!(heavy.int("profile.samples").unwrap() > 50);
-        assert!(
-            heavy
-                .string("profile.top_functions")
-                .unwrap()
-                .contains("span_hot_function")
-        );
-    }
-    assert!(summary["spans_forwarded"].parse::<u64>().unwrap() >= 6);
+    assert_eq!(spans.len(), 9);
+    assert_profiles(&spans, &traced.http_addr);
+    let summary = traced.finish();
+    assert_eq!(summary["spans_forwarded"], "9");
     assert_eq!(
         summary["spans_exported"], "0",
         "smolder itself exported nothing"
@@ -566,20 +610,6 @@ fn a_hung_or_refusing_receiver_never_blocks_the_host() {
     );
     let summary = traced.finish();
     assert!(summary["spans_export_failed"].parse::<u64>().unwrap() > 0);
-}
-
-trait MaxByLen {
-    fn max_by_len(self, other: Self) -> Self;
-}
-
-impl MaxByLen for Vec<ReceivedSpan> {
-    fn max_by_len(self, other: Self) -> Self {
-        if self.len() >= other.len() {
-            self
-        } else {
-            other
-        }
-    }
 }
 
 #[test]
