@@ -330,6 +330,7 @@ impl Profiler {
             export_retries: read(|c| &c.export_retries),
             export_error: export.and_then(|c| c.export_error.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             forwarded: crate::spans::finished::forwarded(),
+            sampled: read(|c| &c.sampled),
             dropped_queue_full: queue_full,
             dropped_no_exporter: no_exporter,
             tracked: self.store.lock().spans.len(),

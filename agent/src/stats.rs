@@ -227,6 +227,10 @@ pub struct SpanStats {
     pub export_error: Option<String>,
     /// Spans of the user's own pipeline given back with profile attributes.
     pub forwarded: u64,
+    /// Spans (exported or forwarded) in which a sample may have been taken,
+    /// whose profiles were looked up in the collector's tables. The others
+    /// had no sample, an empty profile known when they closed.
+    pub sampled: u64,
     /// Spans dropped because the export queue was full.
     pub dropped_queue_full: u64,
     /// Spans dropped because no exporter was running.

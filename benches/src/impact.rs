@@ -856,9 +856,10 @@ impl ImpactResults {
         println!(
             "| variant | samples (signals) | handler p50 / p99 | agent threads CPU s | \
              process CPU s | overhead (own estimate) | spans exported | spans dropped, queue \
-             full | export failed | handed to the SDK's processor |"
+             full | export failed | handed to the SDK's processor | spans looked up \
+             (sampled) |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (variant, stats) in VARIANTS.iter().zip(&self.stats) {
             let Some(json) = stats else { continue };
             let n = |key: &str| {
@@ -868,7 +869,7 @@ impl ImpactResults {
                 json_number(json, key).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
             };
             println!(
-                "| {} | {} | {} / {} ns | {} | {} | {} % | {} | {} | {} | {} |",
+                "| {} | {} | {} / {} ns | {} | {} | {} % | {} | {} | {} | {} | {} |",
                 variant.label,
                 n("samples_taken"),
                 n("p50"),
@@ -881,6 +882,7 @@ impl ImpactResults {
                 n("dropped_queue_full"),
                 n("export_failed"),
                 n("forwarded"),
+                n("sampled"),
             );
         }
         println!(

@@ -97,6 +97,8 @@ pub(crate) struct ExportCounters {
     pub(crate) export_failed: AtomicU64,
     /// Requests sent again after a retryable failure.
     pub(crate) export_retries: AtomicU64,
+    /// Spans whose profiles were looked up (see `SpanStats::sampled`).
+    pub(crate) sampled: AtomicU64,
     /// Why the latest request failed, while export is failing; cleared when
     /// a request goes through.
     pub(crate) export_error: Mutex<Option<String>>,
@@ -349,7 +351,9 @@ impl Worker {
         // the collector never has: their profile is empty.
         span_ids.clear();
         span_ids.extend(batch.iter().map(|p| if p.sampled() { p.span_id() } else { 0 }));
-        if span_ids.iter().any(|&id| id != 0) {
+        let sampled = span_ids.iter().filter(|&&id| id != 0).count() as u64;
+        self.counters.sampled.fetch_add(sampled, Ordering::Relaxed);
+        if sampled > 0 {
             // Every sample of these spans was taken before now: wait for
             // the collector to have drained them (one or two cycles).
             self.profiler

@@ -93,6 +93,7 @@ fn print_spans(agent: &smolder::Agent) {
     println!("spans_export_failed={}", spans.export_failed);
     println!("spans_export_retries={}", spans.export_retries);
     println!("spans_forwarded={}", spans.forwarded);
+    println!("spans_sampled={}", spans.sampled);
     println!(
         "spans_dropped={}",
         spans.dropped_queue_full + spans.dropped_no_exporter

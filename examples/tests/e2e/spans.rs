@@ -265,6 +265,10 @@ fn exported_spans_carry_their_cpu_profile() {
     let summary = traced.finish();
     assert_eq!(summary["spans_dropped"], "0");
     assert_eq!(summary["spans_export_failed"], "0");
+    // Of the 12 spans, the 3 sleeping ones are known to have no samples
+    // without a lookup (bar a rare sample as they fall asleep).
+    let sampled: u64 = summary["spans_sampled"].parse().unwrap();
+    assert!((9..12).contains(&sampled), "{sampled} spans looked up");
 }
 
 #[test]
@@ -293,6 +297,11 @@ fn a_users_own_otel_pipeline_gets_the_profile_attributes() {
     assert_profiles(&spans, &traced.http_addr);
     let summary = traced.finish();
     assert_eq!(summary["spans_forwarded"], "9");
+    // Only spans that may have samples went through the agent's span
+    // thread: not the 2 sleeping ones (bar a rare sample as they fall
+    // asleep).
+    let sampled: u64 = summary["spans_sampled"].parse().unwrap();
+    assert!((7..9).contains(&sampled), "{sampled} spans looked up");
     assert_eq!(
         summary["spans_exported"], "0",
         "smolder itself exported nothing"
