@@ -267,11 +267,9 @@ mod tests {
     /// The same span as the SDK would export it, profile attributes added
     /// the way spans for the user's own processor get them.
     fn span_data(span: &SpanSpec, summary: &SpanSummary) -> SpanData {
-        let mut attributes = span.attributes.clone();
-        super::super::push_profile_attributes(&mut attributes, summary, Some(BASE), TRACE_ID, span.span_id);
         let mut events = SpanEvents::default();
         events.events = span.events.clone();
-        SpanData {
+        let mut data = SpanData {
             span_context: OtelSpanContext::new(
                 TraceId::from_bytes(TRACE_ID.to_be_bytes()),
                 SpanId::from_bytes(span.span_id.to_be_bytes()),
@@ -285,7 +283,7 @@ mod tests {
             name: span.name.clone().into(),
             start_time: span.start,
             end_time: span.end,
-            attributes,
+            attributes: span.attributes.clone(),
             dropped_attributes_count: 0,
             events,
             links: SpanLinks::default(),
@@ -293,7 +291,9 @@ mod tests {
             instrumentation_scope: InstrumentationScope::builder("smolder")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-        }
+        };
+        super::super::push_profile_attributes(&mut data, summary, Some(BASE));
+        data
     }
 
     /// Encodes `spans` with ours, and with opentelemetry-proto's own

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
 
 use crate::collector::SpanLeaves;
 use crate::config::OtlpSettings;
@@ -380,15 +381,7 @@ impl Worker {
                     None => unexported += 1,
                 },
                 Pending::Forwarded { mut span, forward } => {
-                    let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-                    let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
-                    push_profile_attributes(
-                        &mut span.attributes,
-                        summary,
-                        self.flamegraph_base.as_deref(),
-                        trace_id,
-                        span_id,
-                    );
+                    push_profile_attributes(&mut span, summary, self.flamegraph_base.as_deref());
                     forward.on_end(*span);
                     finished::count_forwarded();
                 }
@@ -462,13 +455,9 @@ impl Worker {
 /// Appends the profile attributes of one span as key-values, for spans on
 /// their way to the user's own processor (our own spans are encoded with
 /// them directly, without these allocations).
-pub(crate) fn push_profile_attributes(
-    attributes: &mut Vec<KeyValue>,
-    summary: &SpanSummary,
-    flamegraph_base: Option<&str>,
-    trace_id: u128,
-    span_id: u64,
-) {
+pub(crate) fn push_profile_attributes(span: &mut SpanData, summary: &SpanSummary, flamegraph_base: Option<&str>) {
+    let (trace_id, span_id) = crate::spans::otel_ids(&span.span_context);
+    let attributes = &mut span.attributes;
     let top: opentelemetry::Value = if summary.top_functions.is_empty() {
         // Most spans: a static string, not an allocation per span.
         NO_SAMPLES.into()

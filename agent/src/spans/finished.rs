@@ -37,9 +37,7 @@ impl Pending {
     pub(crate) fn span_id(&self) -> u64 {
         match self {
             Pending::Recorded(span) => span.span_id,
-            Pending::Forwarded { span, .. } => {
-                u64::from_be_bytes(span.span_context.span_id().to_bytes())
-            }
+            Pending::Forwarded { span, .. } => super::otel_ids(&span.span_context).1,
         }
     }
 

@@ -320,12 +320,7 @@ impl SpanLayer {
     /// Puts the sampled mark on tracing-opentelemetry's span, for
     /// `ProfilingSpanProcessor` to find.
     fn mark_otel_span(&self, id: &Id) {
-        let Some(dispatch) = self.dispatch.get().and_then(|d| d.upgrade()) else {
-            return;
-        };
-        // Called with no extensions of the span borrowed, as
-        // `get_otel_context` requires.
-        if let Some(context) = tracing_opentelemetry::get_otel_context(id, &dispatch) {
+        if let Some(context) = self.otel_context(id) {
             context
                 .span()
                 .set_attribute(KeyValue::new(super::processor::SAMPLED_MARK, true));
@@ -339,18 +334,22 @@ impl SpanLayer {
             return None;
         }
         self.otel_checked.store(true, Ordering::Relaxed);
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        let context = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+        let context = self.otel_context(id)?;
         let span = context.span();
         let span_context = span.span_context();
         if !span_context.is_valid() {
             return None;
         }
         self.otel_pipeline.store(true, Ordering::Relaxed);
-        Some((
-            u128::from_be_bytes(span_context.trace_id().to_bytes()),
-            u64::from_be_bytes(span_context.span_id().to_bytes()),
-        ))
+        Some(super::otel_ids(span_context))
+    }
+
+    /// tracing-opentelemetry's context of this span (its OpenTelemetry
+    /// span), if it runs. Must be called with no extensions of the span
+    /// borrowed: it may lock them (tracing-opentelemetry's documented rule).
+    fn otel_context(&self, id: &Id) -> Option<opentelemetry::Context> {
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        tracing_opentelemetry::get_otel_context(id, &dispatch)
     }
 }
 

@@ -43,6 +43,15 @@ pub(crate) fn is_agent_thread() -> bool {
     AGENT_THREAD.get()
 }
 
+/// An OpenTelemetry span's (trace id, span id), as samples and the span
+/// table carry them.
+pub(crate) fn otel_ids(context: &opentelemetry::trace::SpanContext) -> (u128, u64) {
+    (
+        u128::from_be_bytes(context.trace_id().to_bytes()),
+        u64::from_be_bytes(context.span_id().to_bytes()),
+    )
+}
+
 /// A thread's sample count just before it published a span context and
 /// just after (`None` while no agent runs).
 #[derive(Debug, Clone, Copy)]

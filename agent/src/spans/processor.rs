@@ -138,17 +138,8 @@ fn take_sampled_mark(span: &mut SpanData) -> bool {
 sampling_platform! {
     /// Adds the attributes of an empty profile; false when no agent runs.
     fn add_empty_profile(span: &mut SpanData) -> bool {
-        let trace_id = u128::from_be_bytes(span.span_context.trace_id().to_bytes());
-        let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
-        let attributes = &mut span.attributes;
         finished::with_flamegraph_base(|base| {
-            crate::otlp::push_profile_attributes(
-                attributes,
-                &crate::profiler::SpanSummary::default(),
-                base,
-                trace_id,
-                span_id,
-            );
+            crate::otlp::push_profile_attributes(span, &crate::profiler::SpanSummary::default(), base);
         })
         .is_some()
     }
