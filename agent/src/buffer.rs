@@ -167,6 +167,11 @@ impl SampleBuffer {
         })
     }
 
+    /// Records the buffer holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Bytes held by the buffer, headers and frame arrays included.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.slots.len() * (std::mem::size_of::<Slot>() + self.max_depth * 8)

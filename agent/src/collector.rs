@@ -1,11 +1,11 @@
 //! Stage 3 of the data flow: the collector thread.
 //!
-//! Every cycle (25 ms) it
+//! Every cycle (25 to 100 ms, see [`Pace`]) it
 //! 1. drains the sample buffer, interning each stack and thread and offering
 //!    the observation to the history and to every active capture; rolls the
 //!    history's time buckets; applies a requested change of sampling rate;
 //! 2. lists the process's threads (when their count changed, and every
-//!    fourth cycle regardless): new ones are registered, their names read
+//!    100 ms regardless): new ones are registered, their names read
 //!    and (once the stack-region table includes them) their timers armed;
 //!    exited ones are unregistered and their timers deleted;
 //! 3. checks the loader's counters and, when a library was loaded or
@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::aggregate::filter::Filter;
@@ -41,12 +41,17 @@ use crate::unwind::modules::{self, LoadGeneration, LoadedModule};
 use crate::unwind::published::Retired;
 use crate::unwind::regions::StackRegions;
 
-/// How often the collector wakes.
+/// The collector's shortest cycle: while threads come and go, or when
+/// samples may arrive too fast for a longer one (see [`Pace`]).
 pub(crate) const CYCLE: Duration = Duration::from_millis(25);
-/// Every this many cycles (100 ms), the collector lists the process's
-/// threads even if their count has not changed, and sweeps the registry for
-/// exited self-registered threads.
-const FULL_SCAN_EVERY: u64 = 4;
+/// Its longest, in a quiet process; the bound for finding threads.
+pub(crate) const MAX_CYCLE: Duration = Duration::from_millis(100);
+/// How long nothing must have changed before cycles lengthen.
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// At least this often the collector lists the process's threads even if
+/// their count has not changed, and sweeps the registry for exited
+/// self-registered threads.
+const FULL_SCAN_INTERVAL: Duration = MAX_CYCLE;
 
 /// Most captures that may run at once; each holds its own aggregate.
 pub(crate) const MAX_CAPTURES: usize = 8;
@@ -79,6 +84,9 @@ pub(crate) struct RateControl {
     default_hz: u32,
     state: Mutex<RateState>,
     applied: Condvar,
+    /// The collector's thread, woken when a capture asks for a new rate so
+    /// that the capture need not wait out a long cycle.
+    collector: OnceLock<std::thread::Thread>,
 }
 
 struct RateState {
@@ -107,6 +115,7 @@ impl RateControl {
                 applied_hz: default_hz,
             }),
             applied: Condvar::new(),
+            collector: OnceLock::new(),
         }
     }
 
@@ -120,7 +129,14 @@ impl RateControl {
         match &mut state.held {
             Some((held_hz, holders)) if *held_hz == hz => *holders += 1,
             Some((held_hz, _)) => return Err(RateConflict { held_hz: *held_hz }),
-            None => state.held = Some((hz, 1)),
+            None => {
+                state.held = Some((hz, 1));
+                if state.applied_hz != hz
+                    && let Some(collector) = this.collector.get()
+                {
+                    collector.unpark();
+                }
+            }
         }
         Ok(RateHold {
             control: Arc::clone(this),
@@ -438,8 +454,9 @@ pub(crate) struct Collector {
     /// `/proc/self/task`, kept open; `None` if it could not be opened, and
     /// then opened again on the next cycle.
     tasks: Option<threads::TaskDir>,
-    /// Scans so far, for work done only every few of them.
-    scans: u64,
+    /// When the threads were last listed in full (monotonic ns).
+    full_scan_ns: u64,
+    pace: Pace,
 }
 
 impl Collector {
@@ -453,6 +470,7 @@ impl Collector {
         own_threads: Arc<Mutex<HashSet<i32>>>,
     ) -> Self {
         let rate_hz = rate.applied_hz();
+        let pace = Pace::new(shared.buffer.capacity(), online_cpus(), monotonic_now_ns());
         counters.unwind_data_bytes.store(
             modules.iter().map(|m| m.unwind_bytes as u64).sum(),
             Relaxed,
@@ -473,7 +491,8 @@ impl Collector {
             rename_pending: Vec::new(),
             listing: Vec::new(),
             tasks: None,
-            scans: 0,
+            full_scan_ns: 0,
+            pace,
         }
     }
 
@@ -481,8 +500,9 @@ impl Collector {
     pub(crate) fn run(mut self, stop: &AtomicBool) {
         threads::name_current_thread(c"smolder-collect");
         threads::enter_agent_thread(&self.own_threads);
+        let _ = self.rate.collector.set(std::thread::current());
         while !stop.load(Relaxed) {
-            std::thread::park_timeout(CYCLE);
+            std::thread::park_timeout(self.pace.next_sleep(monotonic_now_ns(), self.rate_hz));
             // A panic in one cycle must not end sampling for good, nor reach
             // the host: count nothing twice, drop the cycle, carry on.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cycle()));
@@ -515,6 +535,7 @@ impl Collector {
         self.engine.set_rate(period, epoch);
         (self.rate_hz, self.rate_epoch) = (desired, epoch);
         self.rate.mark_applied(desired);
+        self.pace.busy(monotonic_now_ns());
     }
 
     /// Moves every published record into the aggregates.
@@ -526,6 +547,7 @@ impl Collector {
             self.counters.compactions.fetch_add(1, Relaxed);
         }
         let mut root_first = Vec::new();
+        let mut drained = 0;
         loop {
             // SAFETY: the collector thread is the buffer's only consumer.
             let ingested = unsafe {
@@ -536,6 +558,10 @@ impl Collector {
             if ingested.is_none() {
                 break;
             }
+            drained += 1;
+        }
+        if drained >= self.shared.buffer.capacity() / 4 {
+            self.pace.busy(now);
         }
         state.drained_through_ns = now;
         state.history.roll(now);
@@ -552,7 +578,9 @@ impl Collector {
     /// Reconciles the set of sampled threads with `/proc/self/task`, and
     /// the unwind tables with the loaded modules.
     pub(crate) fn scan(&mut self) {
-        self.scans = self.scans.wrapping_add(1);
+        let now = monotonic_now_ns();
+        // Half a short cycle's slack: a wake-up a little early still counts.
+        let full = now.saturating_sub(self.full_scan_ns) + (CYCLE.as_nanos() as u64) / 2 >= FULL_SCAN_INTERVAL.as_nanos() as u64;
         if self.tasks.is_none() {
             self.tasks = threads::TaskDir::open().ok();
         }
@@ -562,11 +590,14 @@ impl Collector {
         // taken as the listing, except every few cycles: a thread that
         // started while another ended leaves the count as it was, and is
         // found then.
-        if !self.scans.is_multiple_of(FULL_SCAN_EVERY) && tasks.count_unchanged() {
+        if !full && tasks.count_unchanged() {
             self.listing.clone_from(&self.known);
         } else if tasks.list(&mut self.listing).is_err() {
             self.tasks = None;
             return;
+        }
+        if full {
+            self.full_scan_ns = now;
         }
         {
             let own = self.own_threads.lock().unwrap_or_else(|p| p.into_inner());
@@ -590,6 +621,9 @@ impl Collector {
         if modules_changed || !started.is_empty() {
             self.refresh_tables(modules_changed, generation);
         }
+        if modules_changed || !started.is_empty() || !exited.is_empty() {
+            self.pace.busy(now);
+        }
 
         // Registration and arming come after the refresh: a thread is only
         // sampled once the published stack regions include its stack.
@@ -605,9 +639,9 @@ impl Collector {
         // just now is alive; one that is not is checked directly, since it
         // may have started after the listing. This sweeps every slot of the
         // registry (over a hundred kilobytes, on a CPU the service may be
-        // using), so it runs only every few cycles: such a slot waits a
+        // using), so it runs only with a full listing: such a slot waits a
         // little longer to be reused.
-        if self.scans.is_multiple_of(FULL_SCAN_EVERY) {
+        if full {
             let listing = &self.listing;
             threads::registry().retain(|tid| listing.binary_search(&tid).is_ok() || threads::thread_cpu(tid).is_some());
         }
@@ -650,6 +684,62 @@ impl Collector {
             self.counters.tables_leaked.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// How long the collector sleeps between cycles.
+///
+/// Each wake-up costs a context switch on a CPU the service may be using and
+/// a cycle run with cold caches, whatever there is to do; in a quiet service
+/// at 99 Hz a 25 ms cycle finds two or three samples. So once nothing has
+/// changed for [`QUIET_AFTER`], cycles stretch towards [`MAX_CYCLE`], as far
+/// as the buffer allows: one cycle must not bring more records than half of
+/// it holds, counting the rate in force on every online CPU (a CPU-time
+/// timer fires at most once per period of CPU used). Threads starting or
+/// exiting, a library loaded, a new rate, or a drain that found the buffer a
+/// quarter full bring short cycles back, so threads that come and go are
+/// still found within [`CYCLE`].
+#[derive(Debug)]
+pub(crate) struct Pace {
+    capacity: u64,
+    cpus: u64,
+    /// When something last changed (monotonic ns).
+    busy_ns: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(capacity: usize, cpus: usize, now_ns: u64) -> Self {
+        Pace {
+            capacity: capacity as u64,
+            cpus: cpus.max(1) as u64,
+            busy_ns: now_ns,
+        }
+    }
+
+    /// Something changed, or samples came in bulk: short cycles for a while.
+    pub(crate) fn busy(&mut self, now_ns: u64) {
+        self.busy_ns = now_ns;
+    }
+
+    /// The sleep before the next cycle, at `rate_hz`.
+    pub(crate) fn next_sleep(&self, now_ns: u64, rate_hz: u32) -> Duration {
+        if now_ns.saturating_sub(self.busy_ns) < QUIET_AFTER.as_nanos() as u64 {
+            return CYCLE;
+        }
+        let records_per_second = u64::from(rate_hz.max(1)) * self.cpus;
+        let room = Duration::from_nanos(self.capacity / 2 * 1_000_000_000 / records_per_second);
+        room.clamp(CYCLE, MAX_CYCLE)
+    }
+}
+
+/// CPUs online: how many threads can burn CPU, and so fire CPU-time timers,
+/// at once.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system setting; it has no memory effects.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Interns one record and offers it to every capture.
@@ -720,4 +810,43 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: valid out-pointer; the thread CPU clock always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND_NS: u64 = 1_000_000_000;
+
+    #[test]
+    fn cycles_stay_short_for_a_while_after_a_change() {
+        let mut pace = Pace::new(1024, 2, 0);
+        assert_eq!(pace.next_sleep(SECOND_NS / 2, 99), CYCLE);
+        assert_eq!(pace.next_sleep(2 * SECOND_NS, 99), MAX_CYCLE);
+        pace.busy(2 * SECOND_NS);
+        assert_eq!(pace.next_sleep(2 * SECOND_NS + 1, 99), CYCLE);
+        assert_eq!(pace.next_sleep(3 * SECOND_NS + 1, 99), MAX_CYCLE);
+    }
+
+    #[test]
+    fn a_quiet_cycle_never_brings_more_than_half_the_buffer() {
+        for (capacity, cpus, hz) in [(1024, 2, 99), (1024, 2, 999), (1024, 2, 10_000), (64, 2, 99), (1024, 128, 99), (1024, 64, 10_000)] {
+            let sleep = Pace::new(capacity, cpus, 0).next_sleep(10 * SECOND_NS, hz);
+            let most_records = sleep.as_secs_f64() * f64::from(hz) * cpus as f64;
+            assert!(
+                most_records <= capacity as f64 / 2.0 || sleep == CYCLE,
+                "{capacity} records, {cpus} CPUs at {hz} Hz: {sleep:?} may bring {most_records}"
+            );
+            assert!((CYCLE..=MAX_CYCLE).contains(&sleep));
+        }
+        // At everyday rates on a small machine, the longest cycle.
+        assert_eq!(Pace::new(1024, 2, 0).next_sleep(10 * SECOND_NS, 999), MAX_CYCLE);
+        // Where even the shortest cycle is tight, never longer than it.
+        assert_eq!(Pace::new(1024, 64, 0).next_sleep(10 * SECOND_NS, 999), CYCLE);
+    }
+
+    #[test]
+    fn online_cpus_is_at_least_one() {
+        assert!(online_cpus() >= 1);
+    }
 }

@@ -10,7 +10,7 @@
 //! 250 Hz tick), for the `pprof` crate its sample counts (it has no weights).
 //!
 //! The threads idle for [`SETTLE`] before spinning, so Smolder's collector
-//! (which finds new threads every 25 ms) has armed their timers, and the
+//! (which finds new threads within 100 ms) has armed their timers, and the
 //! capture window opens before and closes after the spin.
 
 use std::collections::BTreeMap;

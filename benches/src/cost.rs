@@ -21,8 +21,8 @@
 //! [`crate::sys::send_sigprof_to_self`]), from the bottom of the same
 //! recursion, so the interrupted stack is [`STACK_FRAMES`] frames deep in a
 //! default release build. Signals go in batches of [`BATCH`] separated by
-//! [`PAUSE`], longer than Smolder's 25 ms collector cycle, so its 1024-record
-//! buffer never fills; only the signalling loops are timed. Each child
+//! [`PAUSE`], longer than Smolder's longest collector cycle (100 ms), so its
+//! 1024-record buffer never fills; only the signalling loops are timed. Each child
 //! reports the median over its batches; the parent alternates the three
 //! children for several rounds and reports medians over rounds.
 //!
@@ -50,8 +50,9 @@ pub const BATCH: u32 = 500;
 pub const TIMED_BATCHES: u32 = 40;
 /// Untimed batches first: page faults, caches and lazy set-up.
 const WARMUP_BATCHES: u32 = 2;
-/// Pause between batches: longer than Smolder's collector cycle (25 ms).
-const PAUSE: Duration = Duration::from_millis(30);
+/// Pause between batches: longer than Smolder's longest collector cycle
+/// (100 ms), so no cycle finds more than two batches' records.
+const PAUSE: Duration = Duration::from_millis(110);
 
 /// Which handler a child measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -536,8 +536,8 @@ fn stall(options: &Options) -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         let before = (agent.stats(), progress());
         let holder = std::thread::spawn(|| hold_loader_lock(Duration::from_secs(3)));
-        // The collector blocks at its next cycle, within 25 ms.
-        std::thread::sleep(Duration::from_millis(100));
+        // The collector blocks at its next cycle, within 100 ms.
+        std::thread::sleep(Duration::from_millis(200));
         let stuck = (agent.stats(), progress());
         holder.join().map_err(|_| "the lock holder panicked")?;
         let released = (agent.stats(), progress());

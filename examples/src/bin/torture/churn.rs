@@ -1,7 +1,8 @@
 //! Thread churn: thousands of short threads, created and joined.
 //!
 //! The agent arms a timer for a thread only when its collector first sees
-//! it (every 25 ms), so two drivers cover both cases:
+//! it (every 25 ms while threads come and go), so two drivers cover both
+//! cases:
 //!
 //! * `churn-short` starts batches of threads that live well under a
 //!   millisecond: most are never sampled, but each registers itself with the
