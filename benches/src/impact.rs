@@ -752,6 +752,10 @@ pub struct Ratios {
 pub struct ImpactSummary {
     /// The agent exporting spans itself, against "off".
     pub exporting: Ratios,
+    /// The agent exporting spans itself, against the SDK exporting the same
+    /// spans without the agent: what the agent costs a service that exports
+    /// its traces either way.
+    pub exporting_like_for_like: Ratios,
     /// The agent with nothing exported, against "off".
     pub profiling_only: Ratios,
     /// The agent in the SDK pipeline, against the SDK pipeline alone.
@@ -773,9 +777,14 @@ impl ImpactResults {
 
     /// Median over rounds of variant / its baseline, round by round.
     fn paired(&self, variant: usize, f: impl Fn(&Slice) -> f64) -> f64 {
+        self.paired_to(variant, VARIANTS[variant].baseline, f)
+    }
+
+    /// Median over rounds of variant / `base`, round by round.
+    fn paired_to(&self, variant: usize, base: usize, f: impl Fn(&Slice) -> f64) -> f64 {
         let ratios: Vec<f64> = self.slices[variant]
             .iter()
-            .zip(&self.slices[VARIANTS[variant].baseline])
+            .zip(&self.slices[base])
             .map(|(v, off)| f(v) / f(off))
             .collect();
         median(&ratios)
@@ -892,6 +901,7 @@ impl ImpactResults {
         );
         Ok(ImpactSummary {
             exporting: self.ratios(HZ99),
+            exporting_like_for_like: self.ratios_to(HZ99, SDK_OFF),
             profiling_only: self.ratios(HZ99_NO_EXPORT),
             sdk: self.ratios(HZ99_SDK),
         })
@@ -899,17 +909,21 @@ impl ImpactResults {
 
     /// A variant's figures against its baseline.
     fn ratios(&self, variant: usize) -> Ratios {
-        let base = VARIANTS[variant].baseline;
+        self.ratios_to(variant, VARIANTS[variant].baseline)
+    }
+
+    /// A variant's figures against `base`.
+    fn ratios_to(&self, variant: usize, base: usize) -> Ratios {
         let of_medians =
             |f: fn(&Slice) -> f64| median(&self.column(variant, f)) / median(&self.column(base, f));
         Ratios {
             throughput: (
                 of_medians(Slice::requests_per_second),
-                self.paired(variant, Slice::requests_per_second),
+                self.paired_to(variant, base, Slice::requests_per_second),
             ),
             p99: (
                 of_medians(Slice::p99_ms),
-                self.paired(variant, Slice::p99_ms),
+                self.paired_to(variant, base, Slice::p99_ms),
             ),
             cpu_per_request: of_medians(Slice::cpu_ms_per_request),
         }

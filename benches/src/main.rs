@@ -399,6 +399,11 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
                 "exporting spans itself, against off (which exports none)",
                 i.exporting,
             ),
+            (
+                "exporting spans itself, against the SDK exporting the same spans without \
+                 the agent (like for like)",
+                i.exporting_like_for_like,
+            ),
         ];
         for (what, r) in rows {
             println!(
