@@ -44,7 +44,8 @@ use crate::unwind::regions::StackRegions;
 /// The collector's shortest cycle: while threads come and go, or when
 /// samples may arrive too fast for a longer one (see [`Pace`]).
 pub(crate) const CYCLE: Duration = Duration::from_millis(25);
-/// Its longest, in a quiet process; the bound for finding threads.
+/// Its longest, in a quiet process: the longest a new thread waits to be
+/// found.
 pub(crate) const MAX_CYCLE: Duration = Duration::from_millis(100);
 /// How long nothing must have changed before cycles lengthen.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
