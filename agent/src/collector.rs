@@ -581,16 +581,17 @@ impl Collector {
     pub(crate) fn scan(&mut self) {
         let now = monotonic_now_ns();
         // Half a short cycle's slack: a wake-up a little early still counts.
-        let full = now.saturating_sub(self.full_scan_ns) + (CYCLE.as_nanos() as u64) / 2 >= FULL_SCAN_INTERVAL.as_nanos() as u64;
+        let since_full = Duration::from_nanos(now.saturating_sub(self.full_scan_ns));
+        let full = since_full + CYCLE / 2 >= FULL_SCAN_INTERVAL;
         if self.tasks.is_none() {
             self.tasks = threads::TaskDir::open().ok();
         }
         let Some(tasks) = &mut self.tasks else { return };
         // Listing every thread costs the kernel a lookup per thread; when the
         // count has not moved since the last listing, the threads known are
-        // taken as the listing, except every few cycles: a thread that
-        // started while another ended leaves the count as it was, and is
-        // found then.
+        // taken as the listing, except every FULL_SCAN_INTERVAL: a thread
+        // that started while another ended leaves the count as it was, and
+        // is found then.
         if !full && tasks.count_unchanged() {
             self.listing.clone_from(&self.known);
         } else if tasks.list(&mut self.listing).is_err() {
