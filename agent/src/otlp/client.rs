@@ -109,7 +109,12 @@ const MAX_ASKED_DELAY: Duration = Duration::from_secs(60);
 
 /// OTLP/HTTP with protobuf bodies, over one kept-alive connection.
 pub(crate) struct HttpTransport {
+    /// The endpoint as configured, for messages.
     uri: Uri,
+    /// The request target sent on the wire: the endpoint's path and query
+    /// only (origin form, RFC 9112 §3.2.1), since the request goes to the
+    /// collector itself, not through a proxy; the authority is in `Host`.
+    target: Uri,
     /// Host and port, to connect to.
     address: (String, u16),
     /// Every header the request carries: content type, host, the user's.
@@ -153,6 +158,7 @@ impl HttpTransport {
             return Err(without_tls(endpoint));
         }
         let authority = uri.authority().ok_or("the OTLP endpoint has no host")?;
+        let target = origin_form(&uri);
         let address = (
             authority.host().trim_matches(['[', ']']).to_owned(),
             authority.port_u16().unwrap_or(if secure { 443 } else { 80 }),
@@ -181,6 +187,7 @@ impl HttpTransport {
             insert(name, value)?;
         }
         Ok(HttpTransport {
+            target,
             uri,
             address,
             headers,
@@ -241,7 +248,7 @@ impl HttpTransport {
     /// One request and its whole (bounded) answer, so the connection is
     /// ready for the next one: the status, and a `Retry-After` delay.
     async fn exchange(&self, connection: &mut Connection, body: Bytes) -> Result<Answer, String> {
-        let mut post = Request::post(self.uri.clone())
+        let mut post = Request::post(self.target.clone())
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         *post.headers_mut() = self.headers.clone();
@@ -279,6 +286,20 @@ impl HttpTransport {
             retry,
         })
     }
+}
+
+/// The origin-form request target of `uri`: its path and query, `/` if it
+/// has no path. hyper's connection-level client writes a request's URI as
+/// it is given, so a full URL would go out in absolute form, which HTTP/1.1
+/// reserves for proxies and which servers that route on the raw target
+/// (Python's `http.server`, Node's `req.url`, some ingress proxies) answer
+/// with 404.
+fn origin_form(uri: &Uri) -> Uri {
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path_and_query)
 }
 
 /// HTTP/1.1 over an open connection (plain or TLS), its driver spawned.
@@ -539,6 +560,14 @@ mod tests {
             assert!(error.contains("`tls` feature"), "{protocol:?}: {error}");
             assert!(Transport::new(&settings("http://127.0.0.1:4318/v1/traces", protocol)).is_ok());
         }
+    }
+
+    #[test]
+    fn requests_go_out_in_origin_form() {
+        let target = |endpoint: &str| origin_form(&endpoint.parse().unwrap()).to_string();
+        assert_eq!(target("http://127.0.0.1:4318/v1/traces"), "/v1/traces");
+        assert_eq!(target("https://collector.example/otlp/v1/traces?tenant=a"), "/otlp/v1/traces?tenant=a");
+        assert_eq!(target("http://[::1]:4318"), "/");
     }
 
     #[test]

@@ -325,12 +325,7 @@ impl Worker {
             let _inside = runtime.enter();
             client::Transport::new(settings)?
         };
-        // Resolved once: the service name, OTEL_RESOURCE_ATTRIBUTES and the
-        // SDK's telemetry.sdk.* attributes, as every OpenTelemetry exporter
-        // reports them.
-        let resource = Resource::builder()
-            .with_service_name(self.profiler.config.service_name.clone())
-            .build();
+        let resource = own_resource(&self.profiler.config.service_name);
         Ok(Exporter {
             runtime,
             transport,
@@ -542,6 +537,34 @@ fn drain(inbox: &Receiver<Pending>, batch: &mut Vec<Pending>) -> bool {
         }
     }
     false
+}
+
+/// The resource of the spans the agent encodes itself, resolved once: the
+/// service name, `telemetry.sdk.*` naming smolder, then
+/// `OTEL_RESOURCE_ATTRIBUTES` (which, as in the SDK, may override them).
+///
+/// `telemetry.sdk.*` names what produced the telemetry. On this path that is
+/// smolder: its layer records the spans and its encoder writes them, and no
+/// part of the OpenTelemetry Rust SDK touches them, so claiming
+/// `opentelemetry` 0.33 (what `Resource::builder` fills in) would send a
+/// reader of a bad span to the wrong code. The semantic conventions ask an
+/// SDK that is not OpenTelemetry's own to give its own name. `telemetry.distro.*`
+/// is for a distribution of the OpenTelemetry SDK, which this is not; with
+/// the user's own SDK pipeline (`ProfilingSpanProcessor`) the SDK sets the
+/// resource, and says it is the SDK, rightly.
+pub(crate) fn own_resource(service_name: &str) -> Resource {
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector};
+    let detectors: [Box<dyn ResourceDetector>; 1] = [Box::new(EnvResourceDetector::new())];
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("telemetry.sdk.name", "smolder"),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .with_detectors(&detectors)
+        .with_service_name(service_name.to_owned())
+        .build()
 }
 
 #[cfg(test)]

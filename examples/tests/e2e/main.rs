@@ -10,6 +10,7 @@ mod fixture;
 mod formats;
 mod hostile;
 mod http;
+mod http1;
 mod receiver;
 mod robustness;
 mod sampling;

@@ -6,7 +6,7 @@
 //! restarted on the same port. Over TLS ([`Receiver::start_tls`], with
 //! certificates from [`Pki`]) it also asks the client for a certificate.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+
+use crate::http1;
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +96,13 @@ struct Shared {
     stop: AtomicBool,
     /// Set for an https receiver.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The address it listens on, which `Host` must name.
+    addr: Option<SocketAddr>,
+    /// Why each refused request was refused (400, 404, 405, 415).
+    rejections: Mutex<Vec<String>>,
+    /// The resource attributes of the last request, as `key=value` for
+    /// string values.
+    resource: Mutex<Vec<(String, String)>>,
 }
 
 /// A running receiver.
@@ -135,6 +144,7 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             tls,
+            addr: Some(addr),
             ..Shared::default()
         });
         let thread = {
@@ -190,6 +200,17 @@ impl Receiver {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// Why each request the receiver refused was refused: none, for a
+    /// client that speaks HTTP/1.1 as RFC 9112 asks.
+    pub fn rejections(&self) -> Vec<String> {
+        self.shared.rejections.lock().unwrap().clone()
+    }
+
+    /// The string-valued resource attributes of the last accepted request.
+    pub fn resource(&self) -> Vec<(String, String)> {
+        self.shared.resource.lock().unwrap().clone()
+    }
+
     /// The value of header `name` (lower case) on the last request.
     pub fn last_header(&self, name: &str) -> Option<String> {
         let headers = self.shared.headers.lock().unwrap();
@@ -239,58 +260,59 @@ fn serve(stream: TcpStream, shared: &Shared) {
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let control = stream.try_clone().unwrap();
     match &shared.tls {
-        None => serve_on(stream, &control, shared),
+        None => serve_on(stream, shared),
         Some(config) => {
             let connection = rustls::ServerConnection::new(config.clone()).unwrap();
-            serve_on(
-                rustls::StreamOwned::new(connection, stream),
-                &control,
-                shared,
-            );
+            serve_on(rustls::StreamOwned::new(connection, stream), shared);
         }
     }
 }
 
-/// Serves requests read from `stream`; `control` is its socket, for read
-/// timeouts.
-fn serve_on(stream: impl Read + Write, control: &TcpStream, shared: &Shared) {
+/// Serves requests read from `stream` (whose socket has a short read
+/// timeout, so that `stop` is seen). A request whose head breaks HTTP/1.1's grammar, or whose
+/// target is not in origin form, gets 400 and closes the connection, as
+/// the servers that route on the raw target do.
+fn serve_on(stream: impl Read + Write, shared: &Shared) {
     let mut reader = BufReader::new(stream);
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut content_length = None;
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(_) => continue, // read timeout: check `stop`, wait again
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut headers = Vec::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+        let head = match http1::read_head(&mut reader) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(http1::HeadError::Timeout) => continue, // check `stop`, wait again
+            Err(http1::HeadError::Closed) => return,
+            Err(http1::HeadError::Invalid(reason)) => {
+                shared.rejections.lock().unwrap().push(reason.clone());
+                let writer = reader.get_mut();
+                let _ = write!(
+                    writer,
+                    "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{reason}",
+                    reason.len()
+                );
+                let _ = writer.flush();
                 return;
             }
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
-                if name == "content-length" {
-                    content_length = value.parse().ok();
-                }
-                headers.push((name, value));
-            }
-        }
-        let mut body = vec![0; content_length.unwrap_or(0)];
-        let _ = control.set_read_timeout(Some(Duration::from_secs(5)));
-        if reader.read_exact(&mut body).is_err() {
+        };
+        if let Err((status, reason)) = head.route(shared.addr) {
+            shared.rejections.lock().unwrap().push(reason.clone());
+            let writer = reader.get_mut();
+            let _ = write!(
+                writer,
+                "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{reason}",
+                reason.len()
+            );
+            let _ = writer.flush();
             return;
         }
-        let _ = control.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut body = match head.read_body(&mut reader) {
+            Ok(body) => body,
+            Err(http1::HeadError::Invalid(reason)) => {
+                shared.rejections.lock().unwrap().push(reason);
+                return;
+            }
+            Err(_) => return,
+        };
+        let headers = head.headers;
         let gzipped = headers
             .iter()
             .any(|(name, value)| name == "content-encoding" && value == "gzip");
@@ -329,6 +351,20 @@ fn serve_on(stream: impl Read + Write, control: &TcpStream, shared: &Shared) {
                 let request = ExportTraceServiceRequest::decode(body.as_slice())
                     .expect("a valid OTLP export request");
                 let mut received = shared.spans.lock().unwrap();
+                if let Some(resource) = request
+                    .resource_spans
+                    .first()
+                    .and_then(|r| r.resource.as_ref())
+                {
+                    *shared.resource.lock().unwrap() = resource
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                            Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                }
                 for resource_spans in request.resource_spans {
                     let service = resource_spans
                         .resource

@@ -262,6 +262,23 @@ fn exported_spans_carry_their_cpu_profile() {
     assert_eq!(status, 200);
     assert!(folded.contains("span_hot_function"), "{folded}");
 
+    // Every request was origin-form HTTP/1.1 that a strict server takes.
+    assert_eq!(receiver.rejections(), Vec::<String>::new());
+    // The resource says smolder produced these spans, not the SDK.
+    let resource = receiver.resource();
+    let attribute = |key: &str| {
+        resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(attribute("telemetry.sdk.name"), Some("smolder"));
+    assert_eq!(attribute("telemetry.sdk.language"), Some("rust"));
+    assert_eq!(
+        attribute("telemetry.sdk.version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+
     let summary = traced.finish();
     assert_eq!(summary["spans_dropped"], "0");
     assert_eq!(summary["spans_export_failed"], "0");
@@ -269,6 +286,33 @@ fn exported_spans_carry_their_cpu_profile() {
     // without a lookup (bar a rare sample as they fall asleep).
     let sampled: u64 = summary["spans_sampled"].parse().unwrap();
     assert!((9..12).contains(&sampled), "{sampled} spans looked up");
+}
+
+/// The receiver the span tests export to is as strict as a server that
+/// routes on the raw request target: it must refuse what the agent once
+/// sent, or the tests above would not show the agent sends origin form.
+#[test]
+fn the_receiver_refuses_absolute_form_targets() {
+    use std::io::Write as _;
+    let receiver = Receiver::start();
+    let ask = |target: &str| {
+        let mut stream = std::net::TcpStream::connect(receiver.addr).unwrap();
+        write!(
+            stream,
+            "POST {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+            receiver.addr
+        )
+        .unwrap();
+        // No more requests: the receiver closes once it has answered.
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        crate::service::Response::read(&mut stream).status
+    };
+    assert_eq!(ask(&format!("http://{}/v1/traces", receiver.addr)), 400);
+    assert_eq!(ask("/v1/traces"), 200);
+    assert_eq!(ask("/v1/logs"), 404);
+    let rejections = receiver.rejections();
+    assert_eq!(rejections.len(), 2, "{rejections:?}");
+    assert!(rejections[0].contains("origin form"), "{rejections:?}");
 }
 
 #[test]
