@@ -89,7 +89,9 @@ impl Agent {
 
     /// Sends this thread one sampling signal exactly as its timer would, and
     /// returns once the handler has run. For benchmarks that measure the
-    /// per-sample cost; not part of the supported API.
+    /// per-sample cost (cargo feature `bench-internals`); not part of the
+    /// supported API.
+    #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
     pub fn __sample_current_thread(&self) -> bool {
         self.running
@@ -379,6 +381,7 @@ mod running {
             self.http.as_ref().map(HttpServer::local_addr)
         }
 
+        #[cfg(feature = "bench-internals")]
         pub(super) fn sample_current_thread(&self) -> bool {
             let tid = threads::current_tid();
             // SAFETY: all-zero is a valid siginfo; the fields set below are
@@ -466,6 +469,7 @@ mod running {
             match *self {}
         }
 
+        #[cfg(feature = "bench-internals")]
         pub(super) fn sample_current_thread(&self) -> bool {
             match *self {}
         }
