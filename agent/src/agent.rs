@@ -1,19 +1,11 @@
 //! The agent handle: start-up, captures, stats, and an orderly stop.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use crate::config::{AgentBuilder, Config};
+use crate::config::{AgentBuilder, Config, ProcessEnv};
+use crate::sampler;
 use crate::{Error, Profile, Stats};
-
-/// Only one agent may run per process: signal dispositions and CPU timers
-/// are process-wide.
-static RUNNING: AtomicBool = AtomicBool::new(false);
-
-/// Whether an agent is running in this process.
-pub(crate) fn is_running() -> bool {
-    RUNNING.load(Ordering::Acquire)
-}
 
 /// Distinguishes successive agents in one process, so a late signal from an
 /// old agent's timer is never taken for the new one's.
@@ -41,15 +33,12 @@ impl Agent {
         AgentBuilder::default()
     }
 
-    pub(crate) fn start_with(config: Config) -> Result<Agent, Error> {
+    fn start_with(config: Config) -> Result<Agent, Error> {
         if !config.enabled {
             return Ok(Agent { running: None });
         }
         running::prepare_for_fork();
-        if RUNNING
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !sampler::claim_process() {
             return Err(Error::AlreadyRunning);
         }
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -58,7 +47,7 @@ impl Agent {
                 running: Some(running),
             }),
             Err(error) => {
-                RUNNING.store(false, Ordering::Release);
+                sampler::release_process();
                 Err(error)
             }
         }
@@ -112,17 +101,25 @@ impl Agent {
     }
 }
 
+impl AgentBuilder {
+    /// Starts the agent with these settings. See [`crate::start`].
+    pub fn start(self) -> Result<Agent, Error> {
+        let config = self.resolve(&ProcessEnv)?;
+        Agent::start_with(config)
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(running) = self.running.take()
             && running.stop()
         {
-            RUNNING.store(false, Ordering::Release);
+            sampler::release_process();
         }
     }
 }
 
-sampling_platform! {
+#[cfg(smolder_sampling)]
 mod running {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -130,23 +127,24 @@ mod running {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
-    use crate::aggregate::filter::Filter;
-    use crate::aggregate::history::HistoryLimits;
-    use crate::buffer::SampleBuffer;
-    use crate::collector::{Collector, CollectorCounters, RateControl, Store};
+    use crate::collect::aggregate::filter::Filter;
+    use crate::collect::aggregate::history::HistoryLimits;
+    use crate::collect::symbolize::{ModuleMap, SymbolService};
+    use crate::collect::{Collector, CollectorCounters, RateControl, Store};
     use crate::config::Config;
-    use crate::handler::{self, SamplerShared};
-    use crate::http::HttpServer;
-    use crate::otlp::SpanWorker;
-    use crate::profiler::Profiler;
-    use crate::stats::HandlerCounters;
-    use crate::symbolize::{ModuleMap, SymbolService};
-    use crate::timer::{self, signal};
-    use crate::unwind::modules;
-    use crate::unwind::published::Published;
-    use crate::unwind::regions::StackRegions;
-    use crate::unwind::{ScratchPool, UnwindTables};
-    use crate::{Error, Profile, Stats, threads};
+    use crate::profile::queries::Profiler;
+    use crate::sampler::buffer::SampleBuffer;
+    use crate::sampler::counters::HandlerCounters;
+    use crate::sampler::handler::{self, SamplerShared};
+    use crate::sampler::signal;
+    use crate::sampler::timer;
+    use crate::sampler::unwind::modules;
+    use crate::sampler::unwind::published::Published;
+    use crate::sampler::unwind::regions::StackRegions;
+    use crate::sampler::unwind::{ScratchPool, UnwindTables};
+    use crate::transport::http::HttpServer;
+    use crate::transport::otlp::SpanWorker;
+    use crate::{Error, Profile, Stats};
 
     /// The base of flame graph links in exported spans: the configured public
     /// URL, else the endpoint's address (the host name if it listens on all
@@ -189,9 +187,9 @@ mod running {
 
     extern "C" fn forget_agent_in_child() {
         handler::reset_after_fork();
-        crate::http::close_listener_after_fork();
-        threads::reset_registry_after_fork();
-        super::RUNNING.store(false, std::sync::atomic::Ordering::Release);
+        crate::transport::http::close_listener_after_fork();
+        crate::sampler::registry::reset_registry_after_fork();
+        crate::sampler::release_process();
     }
 
     /// Hands the memory the agent just freed back to the system. glibc keeps
@@ -229,7 +227,7 @@ mod running {
             if self.armed {
                 handler::deactivate(HANDLER_DRAIN_PATIENCE);
                 signal::retire();
-                threads::registry().clear();
+                crate::sampler::registry::registry().clear();
             }
         }
     }
@@ -264,10 +262,10 @@ mod running {
                     operation: "mapping unwind scratch stacks",
                     source,
                 })?,
-                registry: threads::registry(),
+                registry: crate::sampler::registry::registry(),
                 counters: HandlerCounters::default(),
             });
-            let period_ns = timer::period_ns(config.frequency_hz);
+            let period_ns = crate::config::period_ns(config.frequency_hz);
             let store = Arc::new(Store::new(
                 config.stack_table_capacity,
                 Arc::new(ModuleMap::default().updated(&loaded)),
@@ -383,13 +381,13 @@ mod running {
 
         #[cfg(feature = "bench-internals")]
         pub(super) fn sample_current_thread(&self) -> bool {
-            let tid = threads::current_tid();
+            let tid = crate::sampler::threads::current_tid();
             // SAFETY: all-zero is a valid siginfo; the fields set below are
             // the ones a timer signal carries.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             info.si_signo = libc::SIGPROF;
             info.si_code = libc::SI_TIMER;
-            let cookie = timer::cookie::encode(self.profiler.shared.agent, 0, tid);
+            let cookie = crate::sampler::cookie::encode(self.profiler.shared.agent, 0, tid);
             // The timer union's sigval sits at the same offset as `_rt`'s:
             // after two ints (tid/overrun or pid/uid), at byte 24 on LP64.
             // SAFETY: writing within the siginfo we own.
@@ -434,16 +432,15 @@ mod running {
                 std::mem::forget(Arc::clone(&self.profiler.shared));
             }
             signal::retire();
-            threads::registry().clear();
+            crate::sampler::registry::registry().clear();
             drop(self.profiler);
             release_freed_memory();
             true
         }
     }
 }
-}
 
-other_platforms! {
+#[cfg(not(smolder_sampling))]
 mod running {
     use std::time::Duration;
 
@@ -487,16 +484,17 @@ mod running {
         }
     }
 }
-}
 
-other_platforms! {
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn start_reports_an_unsupported_platform() {
-            let error = crate::start().unwrap_err();
-            assert!(matches!(error, crate::Error::UnsupportedPlatform { .. }), "{error}");
-            assert!(error.to_string().contains("Linux on x86_64 and aarch64"));
-        }
+#[cfg(not(smolder_sampling))]
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_reports_an_unsupported_platform() {
+        let error = crate::start().unwrap_err();
+        assert!(
+            matches!(error, crate::Error::UnsupportedPlatform { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("Linux on x86_64 and aarch64"));
     }
 }

@@ -49,76 +49,28 @@
 // Without sampling, the configuration, the profile model and the renderers
 // are still compiled (they are platform-independent, and tested there too),
 // but what would use them is not. Allow that, rather than scatter `cfg`s over
-// shared code.
-#![cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(smolder_unsupported)
-    )),
-    allow(dead_code, unused_imports)
-)]
+// shared code. `smolder_sampling` (set by `build.rs`) means Linux on x86_64
+// or aarch64; `--cfg smolder_unsupported` turns it off, which is how CI
+// checks that the unsupported build compiles.
+#![cfg_attr(not(smolder_sampling), allow(dead_code, unused_imports))]
 
-/// Items compiled only where sampling is supported: Linux on x86_64 and
-/// aarch64. The `cfg` is written here, in [`other_platforms`] and in the
-/// dead-code allowance above only.
-/// (`--cfg smolder_unsupported` compiles the unsupported build on a
-/// supported machine, which is how CI checks that it builds.)
-macro_rules! sampling_platform {
-    ($($item:item)*) => {
-        $(
-            #[cfg(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64"),
-                not(smolder_unsupported)
-            ))]
-            $item
-        )*
-    };
-}
-
-/// Items compiled everywhere else: the stand-ins that report the platform as
-/// unsupported.
-macro_rules! other_platforms {
-    ($($item:item)*) => {
-        $(
-            #[cfg(not(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64"),
-                not(smolder_unsupported)
-            )))]
-            $item
-        )*
-    };
-}
-
+// Modules in the order data flows through them; each imports only from
+// those above it (checked by `tests/module_graph.rs`).
 mod agent;
+#[cfg(smolder_sampling)]
+mod collect;
 mod config;
 mod duration;
 mod error;
 mod profile;
 mod render;
+mod sampler;
 mod spans;
 mod stats;
 mod sync;
+#[cfg(smolder_sampling)]
+mod transport;
 mod wire;
-
-sampling_platform! {
-    mod aggregate;
-    mod arch;
-    mod buffer;
-    mod collector;
-    mod gate;
-    mod handler;
-    mod http;
-    mod mapped;
-    mod otlp;
-    mod profiler;
-    mod symbolize;
-    mod threads;
-    mod timer;
-    mod unwind;
-}
 
 pub use agent::Agent;
 pub use config::{AgentBuilder, Engine, OtlpProtocol, Unwinder};

@@ -79,3 +79,19 @@ impl<T> core::ops::Deref for CachePadded<T> {
         &self.0
     }
 }
+
+/// Locks `mutex`, taking over the data of a thread that panicked while
+/// holding it. The agent's shared state stays consistent across a panic (every
+/// critical section leaves it whole), and an agent thread that panicked must
+/// not take the HTTP endpoint or the exporter down with it.
+pub(crate) fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Write-locks `lock`, as [`lock`] does for a mutex.
+pub(crate) fn write<T: ?Sized>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -66,6 +66,13 @@ impl Unwinder {
     }
 }
 
+/// The sampling period, in nanoseconds, of a rate in samples per CPU-second.
+/// The one place the rate becomes a period: timers are armed with it and
+/// profiles weight their samples by it, so both must round alike.
+pub(crate) fn period_ns(frequency_hz: u32) -> u64 {
+    1_000_000_000 / u64::from(frequency_hz.max(1))
+}
+
 /// Settings after defaults, environment and builder calls are merged.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -563,12 +570,6 @@ impl AgentBuilder {
     ) -> Self {
         self.otlp_tls.client = Some((certificate_pem_file.into(), key_pem_file.into()));
         self
-    }
-
-    /// Starts the agent with these settings. See [`crate::start`].
-    pub fn start(self) -> Result<crate::Agent, Error> {
-        let config = self.resolve(&ProcessEnv)?;
-        crate::Agent::start_with(config)
     }
 
     /// Merges defaults, environment and explicit settings, validating each.

@@ -173,7 +173,7 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
         r#type: strings.intern(kind),
         unit: strings.intern(unit),
     };
-    let period_ns = 1_000_000_000 / i64::from(profile.frequency_hz.max(1));
+    let period_ns = crate::config::period_ns(profile.frequency_hz) as i64;
     let sample_type = vec![
         value_type(&mut strings, "samples", "count"),
         value_type(&mut strings, "cpu", "nanoseconds"),

@@ -4,7 +4,9 @@
 //! Nothing here ever blocks the thread closing the span.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::stats::SPAN_QUEUE;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use opentelemetry_sdk::trace::SpanData;
@@ -66,15 +68,11 @@ static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 /// Whether our layer's spans are exported (so the layer records their
 /// attributes and events); false while no agent exports.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
-static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
-static DROPPED_NO_EXPORTER: AtomicU64 = AtomicU64::new(0);
-/// Spans passed on to the user's own processor with their attributes.
-static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
 /// Opens the queue; the agent's exporter thread reads the receiver.
 pub(crate) fn install(exporting: bool, flamegraph_base: Option<String>) -> Receiver<Pending> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-    *SINK.write().unwrap_or_else(|p| p.into_inner()) = Some(Sink {
+    *crate::sync::write(&SINK) = Some(Sink {
         sender,
         flamegraph_base,
     });
@@ -85,7 +83,7 @@ pub(crate) fn install(exporting: bool, flamegraph_base: Option<String>) -> Recei
 /// Closes the queue (the agent stopping).
 pub(crate) fn uninstall() {
     EXPORTING.store(false, Ordering::Relaxed);
-    *SINK.write().unwrap_or_else(|p| p.into_inner()) = None;
+    *crate::sync::write(&SINK) = None;
 }
 
 pub(crate) fn is_exporting() -> bool {
@@ -96,21 +94,29 @@ pub(crate) fn is_exporting() -> bool {
 /// cannot be queued (no agent, queue full, lock contended).
 pub(crate) fn submit(pending: Pending) -> Result<(), Pending> {
     let Ok(sink) = SINK.try_read() else {
-        DROPPED_NO_EXPORTER.fetch_add(1, Ordering::Relaxed);
+        SPAN_QUEUE
+            .dropped_no_exporter
+            .fetch_add(1, Ordering::Relaxed);
         return Err(pending);
     };
     let Some(sink) = sink.as_ref() else {
-        DROPPED_NO_EXPORTER.fetch_add(1, Ordering::Relaxed);
+        SPAN_QUEUE
+            .dropped_no_exporter
+            .fetch_add(1, Ordering::Relaxed);
         return Err(pending);
     };
     match sink.sender.try_send(pending) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(pending)) => {
-            DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+            SPAN_QUEUE
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             Err(pending)
         }
         Err(TrySendError::Disconnected(pending)) => {
-            DROPPED_NO_EXPORTER.fetch_add(1, Ordering::Relaxed);
+            SPAN_QUEUE
+                .dropped_no_exporter
+                .fetch_add(1, Ordering::Relaxed);
             Err(pending)
         }
     }
@@ -126,19 +132,5 @@ pub(crate) fn with_flamegraph_base<R>(f: impl FnOnce(Option<&str>) -> R) -> Opti
 
 /// Counts a span passed on to the user's processor with its attributes.
 pub(crate) fn count_forwarded() {
-    FORWARDED.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Spans passed on to the user's processor with their attributes, since
-/// the process started.
-pub(crate) fn forwarded() -> u64 {
-    FORWARDED.load(Ordering::Relaxed)
-}
-
-/// Spans dropped before export: (queue full, no exporter running).
-pub(crate) fn dropped() -> (u64, u64) {
-    (
-        DROPPED_QUEUE_FULL.load(Ordering::Relaxed),
-        DROPPED_NO_EXPORTER.load(Ordering::Relaxed),
-    )
+    SPAN_QUEUE.forwarded.fetch_add(1, Ordering::Relaxed);
 }

@@ -15,7 +15,7 @@
 //!
 //! On exit, the layer also learns whether any sample was taken while the
 //! span was entered (the thread's sample count moved: see
-//! `spans::context`). If so, the span and every span above it are marked
+//! `sampler::span_context`). If so, the span and every span above it are marked
 //! *sampled*: those are the spans such a sample is credited to. A span
 //! never marked has an empty profile, known when it closes, and skips the
 //! wait for the collector. In a tracing-opentelemetry pipeline the mark is
@@ -37,9 +37,10 @@ use tracing::{Dispatch, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::context::{ANCESTORS, SampleMark, SpanContext, sampled_between};
 use super::finished::{self, Pending};
 use super::record::{KeyValues, SpanRecord};
+use crate::sampler::random::SplitMix64;
+use crate::sampler::span_context::{ANCESTORS, SampleMark, SpanContext, sampled_between};
 
 /// Returns the layer that makes every sample know its span, and (when an
 /// OTLP endpoint is configured) exports spans with their CPU profile.
@@ -109,8 +110,8 @@ struct Entered {
 thread_local! {
     /// The spans entered on this thread, innermost last.
     static ENTERED: RefCell<Vec<Entered>> = const { RefCell::new(Vec::new()) };
-    /// A per-thread id generator state (see `random_u64`).
-    static RNG: Cell<u64> = const { Cell::new(0) };
+    /// This thread's id generator, seeded on first use (see `random_u64`).
+    static RNG: Cell<Option<SplitMix64>> = const { Cell::new(None) };
 }
 
 impl<S> tracing_subscriber::Layer<S> for SpanLayer
@@ -125,7 +126,7 @@ where
         // The agent's own threads are neither sampled nor traced: a span
         // of theirs (h2 opens some for every request it sends) gets no
         // state, so nothing below records, publishes or exports it.
-        if super::is_agent_thread() {
+        if crate::sampler::is_agent_thread() {
             return;
         }
         let Some(span) = ctx.span(id) else { return };
@@ -189,7 +190,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if super::is_agent_thread() {
+        if crate::sampler::is_agent_thread() {
             return;
         }
         let Some(context) = self.resolve(id, &ctx) else {
@@ -206,7 +207,7 @@ where
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        if super::is_agent_thread() {
+        if crate::sampler::is_agent_thread() {
             return;
         }
         // Exits are nearly always innermost first, but `tracing` allows
@@ -229,7 +230,7 @@ where
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         if !finished::is_exporting()
             || self.otel_pipeline.load(Ordering::Relaxed)
-            || super::is_agent_thread()
+            || crate::sampler::is_agent_thread()
         {
             return;
         }
@@ -354,28 +355,17 @@ impl SpanLayer {
 }
 
 /// Publishes `context` (or "no span") for this thread's samples.
-fn publish(context: Option<&SpanContext>) -> super::Published {
-    crate::spans::publish_for_current_thread(context)
+fn publish(context: Option<&SpanContext>) -> crate::sampler::span_context::Published {
+    crate::sampler::span_context::publish_for_current_thread(context)
 }
 
-/// A non-zero random 64-bit id.
+/// A non-zero random 64-bit id, from this thread's generator.
 fn random_u64() -> u64 {
     RNG.with(|state| {
-        let mut x = state.get();
-        if x == 0 {
-            // Seed from std's per-process random keys and the thread.
-            use std::hash::{BuildHasher, Hasher};
-            let mut hasher = std::hash::RandomState::new().build_hasher();
-            hasher.write_u64(std::thread::current().id().as_u64_stable());
-            x = hasher.finish() | 1;
-        }
-        // splitmix64: a full-period generator with well-mixed output.
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(x);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).max(1)
+        let mut rng = state.get().unwrap_or_else(SplitMix64::seeded);
+        let id = rng.next_u64();
+        state.set(Some(rng));
+        id.max(1)
     })
 }
 
@@ -385,20 +375,6 @@ fn random_span_id() -> u64 {
 
 fn random_trace_id() -> u128 {
     (u128::from(random_u64()) << 64) | u128::from(random_u64())
-}
-
-/// Extension to hash a `ThreadId` without unstable APIs.
-trait ThreadIdBits {
-    fn as_u64_stable(&self) -> u64;
-}
-
-impl ThreadIdBits for std::thread::ThreadId {
-    fn as_u64_stable(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
-    }
 }
 
 /// Turns span fields into attributes; honours tracing-opentelemetry's

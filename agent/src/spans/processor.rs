@@ -135,21 +135,23 @@ fn take_sampled_mark(span: &mut SpanData) -> bool {
     }
 }
 
-sampling_platform! {
-    /// Adds the attributes of an empty profile; false when no agent runs.
-    fn add_empty_profile(span: &mut SpanData) -> bool {
-        finished::with_flamegraph_base(|base| {
-            crate::otlp::push_profile_attributes(span, &crate::profiler::SpanSummary::default(), base);
-        })
-        .is_some()
-    }
+#[cfg(smolder_sampling)]
+/// Adds the attributes of an empty profile; false when no agent runs.
+fn add_empty_profile(span: &mut SpanData) -> bool {
+    finished::with_flamegraph_base(|base| {
+        super::attributes::push_profile_attributes(
+            span,
+            &crate::profile::queries::SpanSummary::default(),
+            base,
+        );
+    })
+    .is_some()
 }
 
-other_platforms! {
-    /// Without sampling, no agent runs.
-    fn add_empty_profile(_span: &mut SpanData) -> bool {
-        false
-    }
+#[cfg(not(smolder_sampling))]
+/// Without sampling, no agent runs.
+fn add_empty_profile(_span: &mut SpanData) -> bool {
+    false
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use std::time::SystemTime;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanKind, Status};
 
-use super::context::SpanContext;
 use super::finished::FinishedSpan;
+use crate::sampler::span_context::SpanContext;
 use crate::wire::{self, field};
 
 /// Enough for the identity, times, status and a few attributes of most

@@ -1,0 +1,253 @@
+//! Stage 1 of the data flow: the `SIGPROF` handler.
+//!
+//! The rules of everything reachable from here are in the `sampler`
+//! module's docs; [`on_sigprof`] is the one place a [`SignalSafe`] token is
+//! made.
+//!
+//! The walk itself runs on a private pre-allocated stack (see
+//! `unwind::scratch`), so the handler's own stack use is a few hundred bytes
+//! wherever the signal lands.
+//!
+//! # Lifetime of the shared state
+//!
+//! Handlers reach the running agent's `SamplerShared` through a
+//! [`Gate`](crate::sampler::gate::Gate): they count themselves in before looking,
+//! and the agent, when stopping, closes the gate and waits for the count to
+//! reach zero before freeing the state.
+
+use std::ffi::{c_int, c_void};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Unwinder;
+use crate::sampler::arch::{InterruptedRegs, call_on_stack, interrupted_regs};
+use crate::sampler::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
+use crate::sampler::counters::HandlerCounters;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::sampler::clock::monotonic_now_ns;
+use crate::sampler::gate::Gate;
+use crate::sampler::registry::ThreadRegistry;
+use crate::sampler::unwind::published::Published;
+use crate::sampler::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
+
+/// Everything the handler reads or writes. Built before the first timer is
+/// armed, freed after [`deactivate`] has seen the last handler leave.
+pub(crate) struct SamplerShared {
+    /// This agent's generation, as our timers' cookies carry it
+    /// (`timer::cookie`).
+    pub(crate) agent: u8,
+    /// Whether kernel-sent `SIGPROF` (`setitimer`) counts as ours.
+    pub(crate) accept_itimer_signals: bool,
+    /// The rate epoch of kernel-sent signals, which carry no cookie.
+    pub(crate) itimer_rate_epoch: AtomicUsize,
+    pub(crate) method: Unwinder,
+    pub(crate) buffer: SampleBuffer,
+    pub(crate) tables: Published<UnwindTables>,
+    pub(crate) scratch: ScratchPool,
+    pub(crate) registry: &'static ThreadRegistry,
+    pub(crate) counters: HandlerCounters,
+}
+
+/// The handler's way to the running agent's state.
+#[cfg(not(smolder_loom))]
+fn gate() -> &'static Gate<SamplerShared> {
+    static GATE: Gate<SamplerShared> = Gate::new();
+    &GATE
+}
+
+/// Under loom, atomics cannot be built in a `static`; the gate protocol is
+/// model-checked in `gate` itself.
+#[cfg(smolder_loom)]
+fn gate() -> &'static Gate<SamplerShared> {
+    static GATE: std::sync::OnceLock<Gate<SamplerShared>> = std::sync::OnceLock::new();
+    GATE.get_or_init(Gate::new)
+}
+
+/// See [`Gate::reset_after_fork`].
+pub(crate) fn reset_after_fork() {
+    gate().reset_after_fork();
+}
+
+/// Points the handler at `shared`. The caller keeps `shared` alive until
+/// [`deactivate`] has returned `true`.
+pub(crate) fn activate(shared: &Arc<SamplerShared>) {
+    gate().open(Arc::as_ptr(shared));
+}
+
+/// Detaches the handler from the shared state and waits, at most `patience`,
+/// for handlers still using it. Returns `false` if some handler did not
+/// leave in time; the caller must then leak the state rather than free it.
+pub(crate) fn deactivate(patience: Duration) -> bool {
+    gate().close(patience)
+}
+
+/// The `SA_SIGINFO` handler for `SIGPROF`.
+///
+/// # Signal safety
+/// See the module docs; everything reachable from here follows them.
+pub(crate) extern "C" fn on_sigprof(
+    _signal: c_int,
+    info: *mut libc::siginfo_t,
+    ucontext: *mut c_void,
+) {
+    let saved_errno = errno();
+    let pass = gate().enter();
+    if let Some(shared) = pass.target() {
+        // SAFETY: the kernel passes valid `info` and `ucontext` pointers to an
+        // `SA_SIGINFO` handler.
+        unsafe { sample(shared, info, ucontext) };
+    }
+    drop(pass);
+    set_errno(saved_errno);
+}
+
+/// Decides whether the signal is ours and, if so, records one sample.
+///
+/// # Safety
+/// `info` and `ucontext` are the handler's arguments.
+#[inline(always)]
+unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext: *const c_void) {
+    let started_ns = monotonic_now_ns();
+    // SAFETY: forwarded contract.
+    let Some((tid, weight, rate_epoch)) = (unsafe { classify(shared, &*info) }) else {
+        return;
+    };
+    let counters = &shared.counters;
+    let dropped = |counter: &crate::sampler::counters::Counter| {
+        counter.inc();
+        counters.dropped_weight.add(u64::from(weight));
+    };
+
+    let Some(mut scratch) = shared.scratch.try_acquire(tid as usize) else {
+        return dropped(&counters.dropped_no_scratch);
+    };
+    let Some(tables) = shared.tables.read() else {
+        return dropped(&counters.dropped_tables_busy);
+    };
+    let mut writer = match shared.buffer.try_claim() {
+        Ok(writer) => writer,
+        Err(crate::sampler::buffer::ClaimError::Full) => {
+            return dropped(&counters.dropped_buffer_full);
+        }
+        Err(crate::sampler::buffer::ClaimError::Contended) => {
+            return dropped(&counters.dropped_buffer_contended);
+        }
+    };
+    // SAFETY: forwarded contract.
+    let regs = unsafe { interrupted_regs(ucontext) };
+    writer.fill(|record| crate::sampler::arch::prefetch_for_write(record.frames_mut()));
+    let stack_top = scratch.stack_top();
+    let result = writer.fill(|record| {
+        record.timestamp_ns = started_ns;
+        record.tid = tid;
+        record.weight = weight;
+        record.rate_epoch = rate_epoch;
+        // The layer publishes the span on this very thread, so reading it here
+        // (where the signal was delivered) sees a whole context. The read
+        // counts the sample for the layer (see `sampler::span_context`).
+        record.span = match shared.registry.find(tid) {
+            Some(slot) => shared.registry.slot(slot).span.read_for_sample(),
+            None => crate::sampler::span_context::SpanContext::NONE,
+        };
+        let result = scratch.with_caches(|caches| {
+            let mut job = WalkJob {
+                method: shared.method,
+                tables: &tables,
+                regs: &regs,
+                caches,
+                frames: record.frames_mut(),
+                result: WalkResult { depth: 0, flags: 0 },
+            };
+            // SAFETY: the scratch stack is ours until `scratch` drops, and
+            // aligned; `run_walk_job` does not unwind (see its docs).
+            unsafe { call_on_stack(stack_top, (&raw mut job).cast(), run_walk_job) };
+            job.result
+        });
+        record.depth = result.depth;
+        record.flags = result.flags;
+        result
+    });
+    drop(writer); // publishes the record
+    drop(tables);
+
+    let owned = scratch.counters();
+    owned.samples.add_owned(1);
+    owned.weight.add_owned(u64::from(weight));
+    if result.flags & FLAG_TRUNCATED != 0 {
+        owned.truncated.add_owned(1);
+    }
+    if result.flags & FLAG_INCOMPLETE != 0 {
+        owned.incomplete.add_owned(1);
+    }
+    let cost_ns = monotonic_now_ns().saturating_sub(started_ns);
+    owned.handler_ns.add_owned(cost_ns);
+    owned.cost_ns.record_owned(cost_ns);
+    drop(scratch);
+}
+
+/// Returns the sampled thread, the sample's weight and its rate epoch if the
+/// signal came from our timers, `None` (counted) otherwise.
+///
+/// # Signal safety
+/// Reads of the kernel-written `siginfo`; `gettid` for `setitimer` signals.
+#[inline(always)]
+fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32, u8)> {
+    /// Caps absurd overrun counts so a weight always fits comfortably.
+    const MAX_OVERRUN: i32 = 1 << 20;
+    if info.si_code == libc::SI_TIMER {
+        // SAFETY: `si_code == SI_TIMER` means the kernel filled the timer
+        // fields of the union.
+        let (value, overrun) = unsafe { (info.si_value().sival_ptr as u64, info.si_overrun()) };
+        if let Some((rate_epoch, tid)) = crate::sampler::cookie::decode(value, shared.agent) {
+            let weight = 1 + overrun.clamp(0, MAX_OVERRUN) as u32;
+            return Some((tid, weight, rate_epoch));
+        }
+    } else if info.si_code == libc::SI_KERNEL && shared.accept_itimer_signals {
+        let tid = crate::sampler::threads::current_tid();
+        if shared.registry.contains(tid) {
+            let rate_epoch = shared.itimer_rate_epoch.load(Ordering::Relaxed) as u8;
+            return Some((tid, 1, rate_epoch));
+        }
+        shared.counters.dropped_thread_unregistered.inc();
+        shared.counters.dropped_weight.inc();
+        return None;
+    }
+    shared.counters.foreign_signals.inc();
+    None
+}
+
+/// Arguments for [`run_walk_job`], which runs on the scratch stack.
+struct WalkJob<'a> {
+    method: Unwinder,
+    tables: &'a UnwindTables,
+    regs: &'a InterruptedRegs,
+    caches: &'a mut WalkCaches,
+    frames: &'a mut [u64],
+    result: WalkResult,
+}
+
+/// Trampoline called on the scratch stack.
+///
+/// # Safety
+/// `job` points to a live `WalkJob` used by no one else. `walk` has no
+/// panicking paths on valid input; were one reached, the process would abort
+/// here instead of unwinding across the stack switch.
+unsafe extern "C" fn run_walk_job(job: *mut c_void) {
+    // SAFETY: per the contract.
+    let job = unsafe { &mut *job.cast::<WalkJob<'_>>() };
+    job.result = walk(job.method, job.tables, job.regs, job.caches, job.frames);
+}
+
+#[inline(always)]
+fn errno() -> c_int {
+    // SAFETY: `__errno_location` returns this thread's errno slot, which is
+    // always valid; reading it is async-signal-safe.
+    unsafe { *libc::__errno_location() }
+}
+
+#[inline(always)]
+fn set_errno(value: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value };
+}
