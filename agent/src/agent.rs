@@ -93,10 +93,7 @@ impl Agent {
     pub fn stats(&self) -> Stats {
         match &self.running {
             Some(running) => running.stats(),
-            None => Stats {
-                engine: "disabled",
-                ..Stats::default()
-            },
+            None => Stats::default(),
         }
     }
 }
@@ -289,7 +286,6 @@ mod running {
             let mut guard = StartGuard { armed: true };
             handler::activate(&shared);
             let engine = timer::start(engine_kind, period_ns, agent)?;
-            let engine_name = engine.kind().as_str();
             let mut collector = Collector::new(
                 Arc::clone(&shared),
                 Arc::clone(&store),
@@ -316,7 +312,7 @@ mod running {
             };
             let profiler = Arc::new(Profiler {
                 config,
-                engine: engine_name,
+                engine: engine_kind,
                 shared,
                 store,
                 counters,

@@ -6,15 +6,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::config::{Engine, Unwinder};
+
 /// A snapshot of the agent's self-report. See [`Agent::stats`](crate::Agent::stats).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The timer engine in use: `per-thread-timers`, `setitimer`, or
-    /// `disabled`.
-    pub engine: &'static str,
-    /// The stack-walking method: `dwarf` or `frame-pointers`.
-    pub unwinder: &'static str,
+    /// The timer engine in use (never [`Engine::Auto`]: what `auto`
+    /// chose); `None` when the agent is disabled (`SMOLDER_ENABLED=false`).
+    pub engine: Option<Engine>,
+    /// The stack-walking method.
+    pub unwinder: Unwinder,
     /// Configured samples per CPU-second per thread.
     pub frequency_hz: u32,
     /// Threads currently being sampled.

@@ -123,16 +123,19 @@ pub fn child(args: &[String]) -> Result<Fields, HarnessError> {
                     continue;
                 };
                 if sample.frames().any(|f| f.function().contains(BURN_FN)) {
-                    kept[i] += sample.weight();
+                    kept[i] += sample.sample_count();
                 } else {
-                    elsewhere += sample.weight();
+                    elsewhere += sample.sample_count();
                 }
             }
             fields
                 .put("signals", after.samples - before.samples)
                 .put("weight", after.sample_weight - before.sample_weight)
                 .put("dropped", after.dropped.total())
-                .put("engine", after.engine);
+                .put(
+                    "engine",
+                    after.engine.map_or("disabled", smolder::Engine::as_str),
+                );
             cpu
         }
         "pprof" => {

@@ -253,7 +253,7 @@ fn child_smolder() -> Result<Fields, HarnessError> {
 
     // One untimed batch was captured into a profile: check what the agent
     // saw of the stack.
-    let Some(sample) = profile.samples().max_by_key(|s| s.weight()) else {
+    let Some(sample) = profile.samples().max_by_key(|s| s.sample_count()) else {
         return fail("smolder's capture of the check batch is empty");
     };
     let physical_frames = sample.frames().filter(|f| !f.is_inlined()).count();

@@ -134,8 +134,11 @@ pub fn child(args: &[String]) -> Result<Fields, HarnessError> {
             fields
                 .put("memory_bytes", stats.memory_bytes)
                 .put("frequency_hz", stats.frequency_hz)
-                .put("engine", stats.engine)
-                .put("unwinder", stats.unwinder)
+                .put(
+                    "engine",
+                    stats.engine.map_or("disabled", smolder::Engine::as_str),
+                )
+                .put("unwinder", stats.unwinder.as_str())
                 .put("dropped", stats.dropped.total());
         }
         "pprof" => {

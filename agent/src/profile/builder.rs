@@ -14,7 +14,7 @@ pub(crate) struct ProfileBuilder {
     locations: HashMap<u64, u32>,
     modules: HashMap<String, u32>,
     threads: HashMap<(i32, String), u32>,
-    spans: HashMap<SpanInfo, u32>,
+    spans: HashMap<SpanLabel, u32>,
 }
 
 impl ProfileBuilder {
@@ -95,7 +95,7 @@ impl ProfileBuilder {
         locations: Vec<u32>,
         tid: i32,
         thread_name: &str,
-        span: Option<SpanInfo>,
+        span: Option<SpanLabel>,
         cpu_ns: u64,
     ) {
         let next = self.threads.len() as u32;
@@ -111,7 +111,7 @@ impl ProfileBuilder {
             });
         let span = span.map(|info| {
             let next = self.spans.len() as u32;
-            *self.spans.entry(info.clone()).or_insert_with(|| {
+            *self.spans.entry(info).or_insert_with(|| {
                 self.profile.spans.push(info);
                 next
             })

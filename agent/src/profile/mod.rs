@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::sampler::span_context::SpanLabel;
+
 /// A CPU profile: the samples of one time window, symbolised.
 ///
 /// ```no_run
@@ -29,16 +31,8 @@ pub struct Profile {
     pub(crate) locations: Vec<Location>,
     pub(crate) modules: Vec<Module>,
     pub(crate) threads: Vec<Thread>,
-    pub(crate) spans: Vec<SpanInfo>,
+    pub(crate) spans: Vec<SpanLabel>,
     pub(crate) samples: Vec<Sample>,
-}
-
-/// The span a sample was taken in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct SpanInfo {
-    pub(crate) trace_id: u128,
-    pub(crate) span_id: u64,
-    pub(crate) name: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -125,8 +119,7 @@ impl Profile {
 
     /// The number of samples `cpu_ns` of CPU time is, at this profile's rate.
     pub(crate) fn samples_in(&self, cpu_ns: u64) -> u64 {
-        let period_ns = crate::config::period_ns(self.frequency_hz);
-        (cpu_ns + period_ns / 2) / period_ns
+        samples_at(self.frequency_hz, cpu_ns)
     }
 
     /// The distinct (stack, thread) samples.
@@ -150,6 +143,13 @@ impl Profile {
     }
 }
 
+/// The number of samples `cpu_ns` of CPU time is at `frequency_hz`,
+/// rounded to the nearest: the one conversion from time back to counts.
+pub(crate) fn samples_at(frequency_hz: u32, cpu_ns: u64) -> u64 {
+    let period_ns = crate::config::period_ns(frequency_hz);
+    (cpu_ns + period_ns / 2) / period_ns
+}
+
 /// One distinct (stack, thread) in a [`Profile`].
 #[derive(Clone, Copy)]
 pub struct SampleView<'a> {
@@ -160,7 +160,7 @@ pub struct SampleView<'a> {
 impl<'a> SampleView<'a> {
     /// Samples recorded with this stack on this thread (see
     /// [`Profile::sample_count`]).
-    pub fn weight(&self) -> u64 {
+    pub fn sample_count(&self) -> u64 {
         self.profile.samples_in(self.sample.cpu_ns)
     }
 
@@ -195,7 +195,7 @@ impl<'a> SampleView<'a> {
         self.span().map(|s| s.name)
     }
 
-    fn span(&self) -> Option<&'a SpanInfo> {
+    fn span(&self) -> Option<&'a SpanLabel> {
         self.sample.span.map(|i| &self.profile.spans[i as usize])
     }
 

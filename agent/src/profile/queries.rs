@@ -15,8 +15,8 @@ use crate::collect::symbolize::SymbolService;
 use crate::collect::{
     CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, SpanLeaves, Store,
 };
-use crate::config::Config;
-use crate::profile::{ProfileBuilder, SpanInfo};
+use crate::config::{Config, Engine};
+use crate::profile::ProfileBuilder;
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::counters::CostHistogram;
 use crate::sampler::handler::SamplerShared;
@@ -32,7 +32,7 @@ const SYMBOL_PATIENCE: Duration = Duration::from_secs(60);
 /// Everything needed to answer questions about the samples.
 pub(crate) struct Profiler {
     pub(crate) config: Config,
-    pub(crate) engine: &'static str,
+    pub(crate) engine: Engine,
     pub(crate) shared: Arc<SamplerShared>,
     pub(crate) store: Arc<Store>,
     pub(crate) counters: Arc<CollectorCounters>,
@@ -214,8 +214,7 @@ impl Profiler {
             .zip(&resolved)
             .filter_map(|(&leaf, resolved)| Some((leaf, &resolved.frames.first()?.function)))
             .collect();
-        let period_ns = crate::config::period_ns(self.config.frequency_hz);
-        let samples_in = |cpu_ns: u64| (cpu_ns + period_ns / 2) / period_ns;
+        let samples_in = |cpu_ns| crate::profile::samples_at(self.config.frequency_hz, cpu_ns);
         summaries.clear();
         summaries.extend(spans.iter().map(|span| {
             let Some(span) = span else {
@@ -275,11 +274,7 @@ impl Profiler {
         }
         for (frames, thread, cpu_ns) in &result.stacks {
             let locations = frames.iter().map(|a| location_of[a]).collect();
-            let span = thread.span.map(|s| SpanInfo {
-                trace_id: s.trace_id,
-                span_id: s.span_id,
-                name: s.name,
-            });
+            let span = thread.span;
             builder.sample(locations, thread.tid, &thread.name, span, *cpu_ns);
         }
         builder.finish()
@@ -322,8 +317,8 @@ impl Profiler {
             + c.table_bytes.load(Relaxed) as usize
             + crate::sampler::registry::registry().memory_bytes();
         Stats {
-            engine: self.engine,
-            unwinder: self.config.unwinder.as_str(),
+            engine: Some(self.engine),
+            unwinder: self.config.unwinder,
             frequency_hz: self.rate.applied_hz(),
             threads_sampled: c.threads_sampled.load(Relaxed),
             timers_armed: c.timers_armed.load(Relaxed),

@@ -22,6 +22,7 @@
 use std::io;
 use std::ptr::NonNull;
 
+use crate::sampler::SignalSafe;
 use crate::sampler::mapped::MappedWords;
 use crate::sync::{AtomicUsize, CachePadded, Ordering, UnsafeCell};
 
@@ -76,6 +77,9 @@ impl Record {
     }
 
     /// All `max_depth` frame slots, for the handler to fill.
+    ///
+    /// # Signal safety
+    /// Builds a slice over the record's pre-allocated words.
     pub(crate) fn frames_mut(&mut self) -> &mut [u64] {
         // SAFETY: per `new`, the words are this record's alone; `&mut self`
         // makes the access unique.
@@ -185,7 +189,7 @@ impl SampleBuffer {
     /// # Signal safety
     /// Atomics only: no allocation, no locks, bounded retries.
     #[inline]
-    pub(crate) fn try_claim(&self) -> Result<RecordWriter<'_>, ClaimError> {
+    pub(crate) fn try_claim(&self, _cx: SignalSafe) -> Result<RecordWriter<'_>, ClaimError> {
         let mut pos = self.tail.load(Ordering::Relaxed);
         for _ in 0..MAX_CLAIM_ATTEMPTS {
             let slot = &self.slots[pos & self.mask];
@@ -268,6 +272,10 @@ impl RecordWriter<'_> {
     }
 }
 
+/// Publishes the record.
+///
+/// # Signal safety
+/// One atomic store.
 impl Drop for RecordWriter<'_> {
     fn drop(&mut self) {
         // Release: pairs with the consumer's acquire load in `pop_with`.
@@ -282,7 +290,7 @@ mod tests {
     use super::*;
 
     fn push(buffer: &SampleBuffer, tid: i32, frames: &[u64]) -> Result<(), ClaimError> {
-        let mut writer = buffer.try_claim()?;
+        let mut writer = buffer.try_claim(SignalSafe::for_tests())?;
         writer.fill(|r| {
             r.tid = tid;
             r.depth = frames.len();
@@ -316,7 +324,7 @@ mod tests {
     #[test]
     fn unpublished_slot_blocks_only_the_consumer() {
         let buffer = SampleBuffer::new(4, 2).unwrap();
-        let writer = buffer.try_claim().unwrap();
+        let writer = buffer.try_claim(SignalSafe::for_tests()).unwrap();
         push(&buffer, 2, &[2]).unwrap();
         assert_eq!(pop(&buffer), None, "oldest slot is still being written");
         drop(writer);
@@ -367,7 +375,7 @@ mod loom_tests {
     use loom::thread;
 
     fn push(buffer: &SampleBuffer, value: u64) -> bool {
-        match buffer.try_claim() {
+        match buffer.try_claim(SignalSafe::for_tests()) {
             Ok(mut writer) => {
                 writer.fill(|r| {
                     r.frames_mut()[0] = value;

@@ -18,6 +18,10 @@ impl Counter {
         self.0.fetch_add(n, Relaxed);
     }
 
+    /// Adds one.
+    ///
+    /// # Signal safety
+    /// One relaxed atomic add.
     #[inline(always)]
     pub(crate) fn inc(&self) {
         self.add(1);

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::sampler::SignalSafe;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering, fence};
 
 /// See the module docs.
@@ -57,7 +58,7 @@ impl<T> Gate<T> {
     /// # Signal safety
     /// Two atomic read-modify-writes, a fence and a load; never waits.
     #[inline(always)]
-    pub(crate) fn enter(&self) -> Pass<'_, T> {
+    pub(crate) fn enter(&self, _cx: SignalSafe) -> Pass<'_, T> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         // Orders the increment before the load (module docs).
         fence(Ordering::SeqCst);
@@ -102,12 +103,19 @@ impl<T> Gate<T> {
 
 impl<T> Pass<'_, T> {
     /// The state, if the gate was open.
+    ///
+    /// # Signal safety
+    /// Returns a field.
     #[inline(always)]
     pub(crate) fn target(&self) -> Option<&T> {
         self.target
     }
 }
 
+/// Leaving the gate.
+///
+/// # Signal safety
+/// One atomic decrement.
 impl<T> Drop for Pass<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
@@ -133,7 +141,7 @@ mod loom_tests {
             let handler = {
                 let gate = gate.clone();
                 loom::thread::spawn(move || {
-                    let pass = gate.enter();
+                    let pass = gate.enter(SignalSafe::for_tests());
                     if let Some(state) = pass.target() {
                         assert!(
                             state.load(Ordering::Relaxed),

@@ -19,15 +19,19 @@ use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Unwinder;
-use crate::sampler::arch::{InterruptedRegs, call_on_stack, interrupted_regs};
-use crate::sampler::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
-use crate::sampler::counters::HandlerCounters;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::Unwinder;
+use crate::sampler::SignalSafe;
+use crate::sampler::arch::{InterruptedRegs, call_on_stack, interrupted_regs, prefetch_for_write};
+use crate::sampler::buffer::{ClaimError, FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
 use crate::sampler::clock::monotonic_now_ns;
+use crate::sampler::cookie;
+use crate::sampler::counters::{Counter, HandlerCounters};
 use crate::sampler::gate::Gate;
 use crate::sampler::registry::ThreadRegistry;
+use crate::sampler::span_context::SpanContext;
+use crate::sampler::threads::current_tid;
 use crate::sampler::unwind::published::Published;
 use crate::sampler::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
 
@@ -91,52 +95,62 @@ pub(crate) extern "C" fn on_sigprof(
     info: *mut libc::siginfo_t,
     ucontext: *mut c_void,
 ) {
-    let saved_errno = errno();
-    let pass = gate().enter();
+    // SAFETY: this is where the signal path begins, and everything below
+    // keeps its rules (the `sampler` module's docs).
+    let cx = unsafe { SignalSafe::enter() };
+    let saved_errno = errno(cx);
+    let pass = gate().enter(cx);
     if let Some(shared) = pass.target() {
         // SAFETY: the kernel passes valid `info` and `ucontext` pointers to an
         // `SA_SIGINFO` handler.
-        unsafe { sample(shared, info, ucontext) };
+        unsafe { sample(cx, shared, info, ucontext) };
     }
     drop(pass);
-    set_errno(saved_errno);
+    set_errno(cx, saved_errno);
 }
 
 /// Decides whether the signal is ours and, if so, records one sample.
 ///
 /// # Safety
 /// `info` and `ucontext` are the handler's arguments.
+///
+/// # Signal safety
+/// The handler's body: what it calls takes `cx`, or says in its docs why it
+/// may run here.
 #[inline(always)]
-unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext: *const c_void) {
+unsafe fn sample(
+    cx: SignalSafe,
+    shared: &SamplerShared,
+    info: *const libc::siginfo_t,
+    ucontext: *const c_void,
+) {
     let started_ns = monotonic_now_ns();
     // SAFETY: forwarded contract.
-    let Some((tid, weight, rate_epoch)) = (unsafe { classify(shared, &*info) }) else {
+    let Some((tid, weight, rate_epoch)) = (unsafe { classify(cx, shared, &*info) }) else {
         return;
     };
     let counters = &shared.counters;
-    let dropped = |counter: &crate::sampler::counters::Counter| {
+    let dropped = |counter: &Counter| {
         counter.inc();
         counters.dropped_weight.add(u64::from(weight));
     };
 
-    let Some(mut scratch) = shared.scratch.try_acquire(tid as usize) else {
+    let Some(mut scratch) = shared.scratch.try_acquire(cx, tid as usize) else {
         return dropped(&counters.dropped_no_scratch);
     };
-    let Some(tables) = shared.tables.read() else {
+    let Some(tables) = shared.tables.read(cx) else {
         return dropped(&counters.dropped_tables_busy);
     };
-    let mut writer = match shared.buffer.try_claim() {
+    let mut writer = match shared.buffer.try_claim(cx) {
         Ok(writer) => writer,
-        Err(crate::sampler::buffer::ClaimError::Full) => {
-            return dropped(&counters.dropped_buffer_full);
-        }
-        Err(crate::sampler::buffer::ClaimError::Contended) => {
+        Err(ClaimError::Full) => return dropped(&counters.dropped_buffer_full),
+        Err(ClaimError::Contended) => {
             return dropped(&counters.dropped_buffer_contended);
         }
     };
     // SAFETY: forwarded contract.
-    let regs = unsafe { interrupted_regs(ucontext) };
-    writer.fill(|record| crate::sampler::arch::prefetch_for_write(record.frames_mut()));
+    let regs = unsafe { interrupted_regs(cx, ucontext) };
+    writer.fill(|record| prefetch_for_write(record.frames_mut()));
     let stack_top = scratch.stack_top();
     let result = writer.fill(|record| {
         record.timestamp_ns = started_ns;
@@ -147,11 +161,12 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
         // (where the signal was delivered) sees a whole context. The read
         // counts the sample for the layer (see `sampler::span_context`).
         record.span = match shared.registry.find(tid) {
-            Some(slot) => shared.registry.slot(slot).span.read_for_sample(),
-            None => crate::sampler::span_context::SpanContext::NONE,
+            Some(slot) => shared.registry.slot(slot).span.read_for_sample(cx),
+            None => SpanContext::NONE,
         };
         let result = scratch.with_caches(|caches| {
             let mut job = WalkJob {
+                cx,
                 method: shared.method,
                 tables: &tables,
                 regs: &regs,
@@ -161,7 +176,7 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
             };
             // SAFETY: the scratch stack is ours until `scratch` drops, and
             // aligned; `run_walk_job` does not unwind (see its docs).
-            unsafe { call_on_stack(stack_top, (&raw mut job).cast(), run_walk_job) };
+            unsafe { call_on_stack(cx, stack_top, (&raw mut job).cast(), run_walk_job) };
             job.result
         });
         record.depth = result.depth;
@@ -192,19 +207,23 @@ unsafe fn sample(shared: &SamplerShared, info: *const libc::siginfo_t, ucontext:
 /// # Signal safety
 /// Reads of the kernel-written `siginfo`; `gettid` for `setitimer` signals.
 #[inline(always)]
-fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32, u8)> {
+fn classify(
+    _cx: SignalSafe,
+    shared: &SamplerShared,
+    info: &libc::siginfo_t,
+) -> Option<(i32, u32, u8)> {
     /// Caps absurd overrun counts so a weight always fits comfortably.
     const MAX_OVERRUN: i32 = 1 << 20;
     if info.si_code == libc::SI_TIMER {
         // SAFETY: `si_code == SI_TIMER` means the kernel filled the timer
         // fields of the union.
         let (value, overrun) = unsafe { (info.si_value().sival_ptr as u64, info.si_overrun()) };
-        if let Some((rate_epoch, tid)) = crate::sampler::cookie::decode(value, shared.agent) {
+        if let Some((rate_epoch, tid)) = cookie::decode(value, shared.agent) {
             let weight = 1 + overrun.clamp(0, MAX_OVERRUN) as u32;
             return Some((tid, weight, rate_epoch));
         }
     } else if info.si_code == libc::SI_KERNEL && shared.accept_itimer_signals {
-        let tid = crate::sampler::threads::current_tid();
+        let tid = current_tid();
         if shared.registry.contains(tid) {
             let rate_epoch = shared.itimer_rate_epoch.load(Ordering::Relaxed) as u8;
             return Some((tid, 1, rate_epoch));
@@ -219,6 +238,7 @@ fn classify(shared: &SamplerShared, info: &libc::siginfo_t) -> Option<(i32, u32,
 
 /// Arguments for [`run_walk_job`], which runs on the scratch stack.
 struct WalkJob<'a> {
+    cx: SignalSafe,
     method: Unwinder,
     tables: &'a UnwindTables,
     regs: &'a InterruptedRegs,
@@ -233,21 +253,35 @@ struct WalkJob<'a> {
 /// `job` points to a live `WalkJob` used by no one else. `walk` has no
 /// panicking paths on valid input; were one reached, the process would abort
 /// here instead of unwinding across the stack switch.
+///
+/// # Signal safety
+/// Runs [`walk`], with the token the job carries.
 unsafe extern "C" fn run_walk_job(job: *mut c_void) {
     // SAFETY: per the contract.
     let job = unsafe { &mut *job.cast::<WalkJob<'_>>() };
-    job.result = walk(job.method, job.tables, job.regs, job.caches, job.frames);
+    job.result = walk(
+        job.cx, job.method, job.tables, job.regs, job.caches, job.frames,
+    );
 }
 
+/// The calling thread's `errno`, saved on entry so that the interrupted
+/// code finds it as it left it.
+///
+/// # Signal safety
+/// One load from this thread's errno slot.
 #[inline(always)]
-fn errno() -> c_int {
+fn errno(_cx: SignalSafe) -> c_int {
     // SAFETY: `__errno_location` returns this thread's errno slot, which is
     // always valid; reading it is async-signal-safe.
     unsafe { *libc::__errno_location() }
 }
 
+/// Puts back the `errno` saved by [`errno`].
+///
+/// # Signal safety
+/// One store to this thread's errno slot.
 #[inline(always)]
-fn set_errno(value: c_int) {
+fn set_errno(_cx: SignalSafe, value: c_int) {
     // SAFETY: as in `errno`.
     unsafe { *libc::__errno_location() = value };
 }

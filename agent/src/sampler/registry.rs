@@ -141,6 +141,10 @@ impl ThreadRegistry {
         self.find(tid).is_some()
     }
 
+    /// The slot at `index` (from [`Self::find`] or [`Self::register`]).
+    ///
+    /// # Signal safety
+    /// An index into the fixed table.
     pub(crate) fn slot(&self, index: usize) -> &ThreadSlot {
         &self.slots[index]
     }

@@ -5,8 +5,6 @@
 //! terminates the process, and a timer signal already in flight when the
 //! agent stops would then kill the host.
 
-use std::ffi::c_void;
-
 use crate::Error;
 use crate::sampler::handler::on_sigprof;
 
@@ -66,10 +64,4 @@ pub(crate) fn retire() {
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut());
     }
-}
-
-/// The address of the installed handler, for tests and diagnostics.
-#[allow(dead_code)]
-pub(crate) fn installed_handler() -> *const c_void {
-    current_action().sa_sigaction as *const c_void
 }

@@ -20,6 +20,7 @@
 //! sampling period) are known to have an empty profile when they close,
 //! without asking the collector.
 
+use crate::sampler::SignalSafe;
 use crate::sync::{AtomicU8, AtomicU32, Ordering, UnsafeCell};
 
 /// Enclosing spans carried with each sample, beyond the leaf.
@@ -40,6 +41,15 @@ pub(crate) struct SpanContext {
     pub(crate) name: &'static str,
 }
 
+/// The span a sample was taken in, as captures and profiles label it:
+/// the leaf of its [`SpanContext`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SpanLabel {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    pub(crate) name: &'static str,
+}
+
 impl SpanContext {
     pub(crate) const NONE: SpanContext = SpanContext {
         trace_id: 0,
@@ -51,6 +61,15 @@ impl SpanContext {
 
     pub(crate) fn is_some(&self) -> bool {
         self.span_id != 0
+    }
+
+    /// The label of a sample taken in this context, if it is in a span.
+    pub(crate) fn label(&self) -> Option<SpanLabel> {
+        self.is_some().then_some(SpanLabel {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            name: self.name,
+        })
     }
 
     /// The spans a sample in this context counts for: the leaf, its known
@@ -157,7 +176,7 @@ impl SpanCell {
     /// # Signal safety
     /// Atomic loads and a store, and a copy of plain data.
     #[inline(always)]
-    pub(crate) fn read_for_sample(&self) -> SpanContext {
+    pub(crate) fn read_for_sample(&self, _cx: SignalSafe) -> SpanContext {
         // A load and a store, not a locked read-modify-write: the handler
         // on this cell's thread is its only writer, and handlers on one
         // thread do not nest (SIGPROF is blocked while one runs).
@@ -294,7 +313,7 @@ mod tests {
             Some(before),
             Some(SampleMark::new(3, cell.samples()))
         ));
-        cell.read_for_sample();
+        cell.read_for_sample(SignalSafe::for_tests());
         let after = SampleMark::new(3, cell.samples());
         assert!(sampled_between(Some(before), Some(after)));
     }

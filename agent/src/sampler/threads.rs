@@ -8,11 +8,14 @@ use std::ffi::CStr;
 /// records none of its spans (the libraries the exporter runs, h2 among
 /// them, open spans of their own, and exporting those would make more).
 pub(crate) fn enter_agent_thread(own_threads: &std::sync::Mutex<std::collections::HashSet<i32>>) {
-    crate::sync::lock(&own_threads).insert(current_tid());
+    crate::sync::lock(own_threads).insert(current_tid());
     crate::sampler::mark_agent_thread();
 }
 
 /// The calling thread's kernel thread id.
+///
+/// # Signal safety
+/// `gettid`, which is async-signal-safe and cannot fail.
 pub(crate) fn current_tid() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }

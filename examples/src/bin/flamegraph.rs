@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut self_weight: HashMap<&str, u64> = HashMap::new();
     for sample in profile.samples() {
         if let Some(leaf) = sample.frames().next() {
-            *self_weight.entry(leaf.function()).or_default() += sample.weight();
+            *self_weight.entry(leaf.function()).or_default() += sample.sample_count();
         }
     }
     let mut top: Vec<_> = self_weight.into_iter().collect();
@@ -118,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = agent.stats();
     println!(
         "\nagent: {} engine, {} samples, {} dropped, handler p50 {} ns, {:.1} MB",
-        stats.engine,
+        stats.engine.map_or("disabled", smolder::Engine::as_str),
         stats.samples,
         stats.dropped.total(),
         stats.handler_cost_p50_ns.unwrap_or(0),

@@ -81,7 +81,7 @@ fn save(profile: &Profile, out: &std::path::Path) -> Result<()> {
     println!("profile_duration_ms={}", profile.duration().as_millis());
     let mut per_thread: BTreeMap<&str, u64> = BTreeMap::new();
     for sample in profile.samples() {
-        *per_thread.entry(sample.thread_name()).or_default() += sample.weight();
+        *per_thread.entry(sample.thread_name()).or_default() += sample.sample_count();
     }
     for (thread, weight) in per_thread {
         println!("weight.{thread}={weight}");
@@ -91,7 +91,10 @@ fn save(profile: &Profile, out: &std::path::Path) -> Result<()> {
 
 fn print_stats(agent: &Agent) {
     let stats = agent.stats();
-    println!("engine={}", stats.engine);
+    println!(
+        "engine={}",
+        stats.engine.map_or("disabled", smolder::Engine::as_str)
+    );
     println!("signals={}", stats.signals);
     println!("samples={}", stats.samples);
     println!("dropped={}", stats.dropped.total());

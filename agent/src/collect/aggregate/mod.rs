@@ -32,8 +32,6 @@ pub(crate) struct Observation {
 pub(crate) struct Aggregate {
     counts: FastMap<(StackId, ThreadKey), u64>,
     capacity: usize,
-    /// Observations refused because the table was full.
-    pub(crate) dropped: u64,
 }
 
 impl Aggregate {
@@ -41,12 +39,11 @@ impl Aggregate {
         Aggregate {
             counts: FastMap::default(),
             capacity,
-            dropped: 0,
         }
     }
 
-    /// Counts `observation`; returns false (and counts a drop) if it needed a
-    /// new entry and the table is full.
+    /// Counts `observation`; returns false if it needed a new entry and the
+    /// table is full (the caller counts the drop).
     pub(crate) fn add(&mut self, observation: &Observation) -> bool {
         let key = (observation.stack, observation.thread);
         if let Some(count) = self.counts.get_mut(&key) {
@@ -54,7 +51,6 @@ impl Aggregate {
             return true;
         }
         if self.counts.len() >= self.capacity {
-            self.dropped += 1;
             return false;
         }
         self.counts.insert(key, observation.weight);
@@ -65,7 +61,6 @@ impl Aggregate {
         Aggregate {
             capacity: counts.len(),
             counts,
-            dropped: 0,
         }
     }
 
@@ -141,7 +136,7 @@ mod tests {
         assert!(!agg.add(&obs(3, 0, 1, 0)));
         assert!(agg.add(&obs(2, 0, 1, 0)), "existing entries still count");
         assert_eq!(agg.total_weight(), 6);
-        assert_eq!(agg.dropped, 1);
+        assert_eq!(agg.len(), 2);
     }
 
     #[test]

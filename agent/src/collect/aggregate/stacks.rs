@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::sampler::span_context::SpanLabel;
+
 /// Identifies an interned stack: the index of its leaf-most node.
 pub(crate) type StackId = u32;
 /// Identifies an interned (thread id, thread name) pair.
@@ -166,14 +168,6 @@ pub(crate) struct ThreadInfo {
     pub(crate) tid: i32,
     pub(crate) name: String,
     pub(crate) span: Option<SpanLabel>,
-}
-
-/// The span part of a sample's labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct SpanLabel {
-    pub(crate) trace_id: u128,
-    pub(crate) span_id: u64,
-    pub(crate) name: &'static str,
 }
 
 /// Interned threads.

@@ -4,6 +4,8 @@
 
 use std::ffi::c_void;
 
+use crate::sampler::SignalSafe;
+
 use framehop::aarch64::UnwindRegsAarch64;
 
 /// The registers the unwinders need, as they were when the signal arrived.
@@ -29,7 +31,7 @@ pub(crate) struct InterruptedRegs {
 /// # Signal safety
 /// Plain loads from the signal frame.
 #[inline(always)]
-pub(crate) unsafe fn interrupted_regs(ucontext: *const c_void) -> InterruptedRegs {
+pub(crate) unsafe fn interrupted_regs(_cx: SignalSafe, ucontext: *const c_void) -> InterruptedRegs {
     // SAFETY: per the contract, `ucontext` points to the kernel-written
     // `ucontext_t` on this thread's signal stack.
     let mcontext = unsafe { &(*ucontext.cast::<libc::ucontext_t>()).uc_mcontext };
@@ -42,6 +44,9 @@ pub(crate) unsafe fn interrupted_regs(ucontext: *const c_void) -> InterruptedReg
 }
 
 /// The unwinder's starting register set.
+///
+/// # Signal safety
+/// Copies three registers.
 #[inline(always)]
 pub(crate) fn unwind_regs(regs: &InterruptedRegs) -> UnwindRegsAarch64 {
     UnwindRegsAarch64::new(regs.lr, regs.sp, regs.fp)
@@ -59,6 +64,7 @@ pub(crate) fn unwind_regs(regs: &InterruptedRegs) -> UnwindRegsAarch64 {
 /// Register moves and a call; no memory is touched but the new stack.
 #[inline(always)]
 pub(crate) unsafe fn call_on_stack(
+    _cx: SignalSafe,
     stack_top: *mut u8,
     arg: *mut c_void,
     f: unsafe extern "C" fn(*mut c_void),

@@ -26,13 +26,10 @@ use crate::config::Engine;
 
 /// A source of `SIGPROF` signals.
 pub(crate) trait TimerEngine: Send {
-    /// Which engine this is.
-    fn kind(&self) -> Engine;
-
     /// Starts sampling threads in `started`, stops sampling those in
     /// `exited`. Threads that vanished before their timer could be created
-    /// are skipped. Returns the threads now sampled that were not before.
-    fn track(&mut self, started: &[i32], exited: &[i32]) -> usize;
+    /// are skipped.
+    fn track(&mut self, started: &[i32], exited: &[i32]);
 
     /// Timers currently armed.
     fn armed(&self) -> usize;

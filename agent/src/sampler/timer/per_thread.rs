@@ -5,7 +5,6 @@ use std::io;
 
 use super::TimerEngine;
 use crate::Error;
-use crate::config::Engine;
 use crate::sampler::clock::{thread_cpu_clock, timespec};
 use crate::sampler::random::SplitMix64;
 
@@ -93,18 +92,13 @@ fn create(tid: i32, cookie: u64) -> io::Result<libc::timer_t> {
 }
 
 impl TimerEngine for PerThreadTimers {
-    fn kind(&self) -> Engine {
-        Engine::PerThreadTimers
-    }
-
-    fn track(&mut self, started: &[i32], exited: &[i32]) -> usize {
+    fn track(&mut self, started: &[i32], exited: &[i32]) {
         for tid in exited {
             if let Some(timer) = self.timers.remove(tid) {
                 // SAFETY: each timer is deleted once, when removed from the map.
                 unsafe { libc::timer_delete(timer) };
             }
         }
-        let mut armed = 0;
         for &tid in started {
             if self.timers.contains_key(&tid) {
                 continue;
@@ -113,10 +107,8 @@ impl TimerEngine for PerThreadTimers {
             // with EINVAL; it is simply not sampled.
             if let Ok(timer) = self.arm(tid) {
                 self.timers.insert(tid, timer);
-                armed += 1;
             }
         }
-        armed
     }
 
     fn armed(&self) -> usize {

@@ -2,7 +2,6 @@
 
 use super::TimerEngine;
 use crate::Error;
-use crate::config::Engine;
 use crate::sampler::clock::timespec;
 
 /// The `setitimer` engine. Threads need no timers of their own; the registry
@@ -39,13 +38,9 @@ impl Setitimer {
 }
 
 impl TimerEngine for Setitimer {
-    fn kind(&self) -> Engine {
-        Engine::Setitimer
-    }
-
-    fn track(&mut self, started: &[i32], _exited: &[i32]) -> usize {
-        started.len()
-    }
+    /// The process timer samples whichever thread is running: nothing to
+    /// do per thread.
+    fn track(&mut self, _started: &[i32], _exited: &[i32]) {}
 
     fn armed(&self) -> usize {
         usize::from(self.running)

@@ -33,6 +33,7 @@ use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
 pub(crate) use scratch::ScratchPool;
 
 use crate::config::Unwinder;
+use crate::sampler::SignalSafe;
 use crate::sampler::arch::{InterruptedRegs, derive_compact_rule, exec_compact, unwind_regs};
 use crate::sampler::buffer::{FLAG_INCOMPLETE, FLAG_TRUNCATED};
 use crate::sampler::mapped::MappedBytes;
@@ -103,6 +104,7 @@ pub(crate) struct WalkResult {
 /// No allocation (framehop runs with `MustNotAllocateDuringUnwind` and a
 /// caller-provided cache), no locks, and every stack read is bounds-checked.
 pub(crate) fn walk(
+    _cx: SignalSafe,
     method: Unwinder,
     tables: &UnwindTables,
     regs: &InterruptedRegs,

@@ -33,6 +33,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sampler::SignalSafe;
 use crate::sync::{AtomicPtr, AtomicUsize, CachePadded, Ordering, fence};
 
 /// A value readable from signal handlers and replaceable from agent threads.
@@ -68,6 +69,10 @@ impl<T> std::ops::Deref for ReadGuard<'_, T> {
     }
 }
 
+/// Ends the read.
+///
+/// # Signal safety
+/// One atomic decrement.
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
         // Release: our reads of the value happen before the writer's acquire
@@ -100,7 +105,7 @@ impl<T> Published<T> {
     /// # Signal safety
     /// Atomics only, no waiting, at most two attempts.
     #[inline]
-    pub(crate) fn read(&self) -> Option<ReadGuard<'_, T>> {
+    pub(crate) fn read(&self, _cx: SignalSafe) -> Option<ReadGuard<'_, T>> {
         for _ in 0..2 {
             // Relaxed: a stale index is caught by the re-check below.
             let index = self.current.load(Ordering::Relaxed) & 1;
@@ -202,7 +207,7 @@ mod tests {
                 );
                 std::thread::spawn(move || {
                     while !stop.load(SeqCst) {
-                        if let Some(value) = published.read() {
+                        if let Some(value) = published.read(SignalSafe::for_tests()) {
                             let first = value[0];
                             assert!(value.iter().all(|&v| v == first), "torn or freed value");
                             reads.fetch_add(1, SeqCst);
@@ -223,18 +228,21 @@ mod tests {
         for reader in readers {
             reader.join().unwrap();
         }
-        assert_eq!(published.read().map(|v| v[0]), Some(199));
+        assert_eq!(
+            published.read(SignalSafe::for_tests()).map(|v| v[0]),
+            Some(199)
+        );
     }
 
     #[test]
     fn stuck_reader_makes_writer_leak_not_block() {
         let published = Published::new(Box::new(1u32));
-        let guard = published.read().unwrap();
+        let guard = published.read(SignalSafe::for_tests()).unwrap();
         let retired = published.publish(Box::new(2), Duration::from_millis(20));
         assert_eq!(retired, Retired::Leaked);
         assert_eq!(*guard, 1, "the leaked value is still valid for its reader");
         drop(guard);
-        assert_eq!(published.read().map(|v| *v), Some(2));
+        assert_eq!(published.read(SignalSafe::for_tests()).map(|v| *v), Some(2));
         assert_eq!(
             published.publish(Box::new(3), Duration::from_secs(1)),
             Retired::Freed
@@ -275,7 +283,7 @@ mod loom_tests {
             let reader = {
                 let published = published.clone();
                 loom::thread::spawn(move || {
-                    published.read().map(|v| {
+                    published.read(SignalSafe::for_tests()).map(|v| {
                         assert!(v.alive.load(SeqCst), "read a dropped value");
                         v.number
                     })

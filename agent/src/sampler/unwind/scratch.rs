@@ -16,6 +16,7 @@ use std::io;
 use crate::sampler::mapped::Mapping;
 
 use super::WalkCaches;
+use crate::sampler::SignalSafe;
 use crate::sampler::counters::SampleCounters;
 use crate::sync::{AtomicBool, Ordering, UnsafeCell};
 
@@ -88,7 +89,7 @@ impl ScratchPool {
     /// # Signal safety
     /// At most one CAS per entry; never waits.
     #[inline]
-    pub(crate) fn try_acquire(&self, hint: usize) -> Option<Scratch<'_>> {
+    pub(crate) fn try_acquire(&self, _cx: SignalSafe, hint: usize) -> Option<Scratch<'_>> {
         let n = self.entries.len();
         (0..n)
             .map(|i| &self.entries[(hint + i) % n])
@@ -104,16 +105,26 @@ impl ScratchPool {
 
 impl Scratch<'_> {
     /// Top of the private stack, 16-byte aligned.
+    ///
+    /// # Signal safety
+    /// Pointer arithmetic on a mapping made before the timers were armed.
     pub(crate) fn stack_top(&self) -> *mut u8 {
         self.entry.stack.top()
     }
 
     /// The entry's counters; this `Scratch` is their only writer.
+    ///
+    /// # Signal safety
+    /// Returns a reference.
     pub(crate) fn counters(&self) -> &SampleCounters {
         &self.entry.counters
     }
 
     /// Runs `f` with exclusive access to the entry's caches.
+    ///
+    /// # Signal safety
+    /// Hands out the pre-allocated caches; what `f` does with them is its
+    /// own to justify.
     pub(crate) fn with_caches<R>(&mut self, f: impl FnOnce(&mut WalkCaches) -> R) -> R {
         // SAFETY: the claim CAS made this `Scratch` the entry's only user, and
         // `&mut self` keeps the borrow unique.
@@ -123,6 +134,10 @@ impl Scratch<'_> {
     }
 }
 
+/// Returns the entry to the pool.
+///
+/// # Signal safety
+/// One atomic store.
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         self.entry.busy.store(false, Ordering::Release);
@@ -156,11 +171,12 @@ mod tests {
     #[test]
     fn entries_are_exclusive_until_released() {
         let pool = ScratchPool::new(2).unwrap();
-        let a = pool.try_acquire(0).unwrap();
-        let b = pool.try_acquire(0).unwrap();
+        let cx = SignalSafe::for_tests();
+        let a = pool.try_acquire(cx, 0).unwrap();
+        let b = pool.try_acquire(cx, 0).unwrap();
         assert_ne!(a.stack_top(), b.stack_top());
-        assert!(pool.try_acquire(1).is_none(), "both entries are taken");
+        assert!(pool.try_acquire(cx, 1).is_none(), "both entries are taken");
         drop(a);
-        assert!(pool.try_acquire(1).is_some());
+        assert!(pool.try_acquire(cx, 1).is_some());
     }
 }

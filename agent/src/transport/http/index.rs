@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::HttpCounters;
 use crate::Stats;
+use crate::config::Engine;
 
 /// `/debug/pprof/stats`, as serialised.
 #[derive(Serialize)]
@@ -80,8 +81,8 @@ struct Http {
 pub(crate) fn stats_json(stats: &Stats, http: &HttpCounters) -> String {
     let d = &stats.dropped;
     let view = StatsView {
-        engine: stats.engine,
-        unwinder: stats.unwinder,
+        engine: stats.engine.map_or("disabled", Engine::as_str),
+        unwinder: stats.unwinder.as_str(),
         frequency_hz: stats.frequency_hz,
         threads_sampled: stats.threads_sampled,
         timers_armed: stats.timers_armed,
@@ -196,7 +197,9 @@ td, th {{ padding: .2em .8em; border-bottom: 1px solid #ddd; text-align: left; }
             "engine",
             format!(
                 "{} at {} Hz, {} unwinding",
-                stats.engine, stats.frequency_hz, stats.unwinder
+                stats.engine.map_or("disabled", Engine::as_str),
+                stats.frequency_hz,
+                stats.unwinder.as_str()
             ),
         ),
         ("threads sampled", stats.threads_sampled.to_string()),

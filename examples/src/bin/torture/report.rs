@@ -86,7 +86,10 @@ pub fn print(harness: &Harness, generations: &[Generation], resources: &Resource
 }
 
 fn summary(out: &mut String, harness: &Harness, generations: &[Generation]) {
-    let engine = generations.first().map_or("none", |g| g.stats.engine);
+    let engine = generations
+        .first()
+        .and_then(|g| g.stats.engine)
+        .map_or("none", smolder::Engine::as_str);
     let starts: Vec<u64> = generations
         .iter()
         .map(|g| g.start_time.as_millis() as u64)
@@ -454,7 +457,9 @@ fn exercised(harness: &Harness, generations: &[Generation]) {
         "no exact accounting audit",
     );
     // Frame-pointer walks end early in a binary built without them.
-    let dwarf = generations.iter().all(|g| g.stats.unwinder == "dwarf");
+    let dwarf = generations
+        .iter()
+        .all(|g| g.stats.unwinder == smolder::Unwinder::Dwarf);
     require(
         !runs("deep") || !dwarf || sum(|s| s.stacks_truncated) > 0,
         "no stack was truncated",
