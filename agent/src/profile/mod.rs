@@ -258,5 +258,8 @@ impl<'a> Frame<'a> {
 mod builder;
 #[cfg(smolder_sampling)]
 pub(crate) mod queries;
+mod summary;
+
 #[cfg(smolder_sampling)]
 pub(crate) use builder::ProfileBuilder;
+pub(crate) use summary::SpanSummary;

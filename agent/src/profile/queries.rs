@@ -16,7 +16,7 @@ use crate::collect::{
     CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, SpanLeaves, Store,
 };
 use crate::config::{Config, Engine};
-use crate::profile::ProfileBuilder;
+use crate::profile::{ProfileBuilder, SpanSummary};
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::counters::CostHistogram;
 use crate::sampler::handler::SamplerShared;
@@ -367,25 +367,6 @@ impl Profiler {
         own.iter()
             .filter_map(|&tid| crate::sampler::clock::thread_cpu(tid))
             .sum()
-    }
-}
-
-/// A span's CPU, as exported.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct SpanSummary {
-    /// Samples while the span or anything inside it was active.
-    pub(crate) samples: u64,
-    /// Samples while the span itself was the innermost active span.
-    pub(crate) self_samples: u64,
-    pub(crate) cpu_ns: u64,
-    /// The hottest functions (by self time) and their share of `samples`.
-    pub(crate) top_functions: Vec<(String, f64)>,
-}
-
-impl SpanSummary {
-    /// Whether nothing was sampled in the span: its profile is all zeros.
-    pub(crate) fn is_unsampled(&self) -> bool {
-        *self == SpanSummary::default()
     }
 }
 

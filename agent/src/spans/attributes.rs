@@ -14,7 +14,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanData;
 
-use crate::profile::queries::SpanSummary;
+use crate::profile::SpanSummary;
 
 /// The profile attributes' names (the table in the module docs): one spelling for the
 /// encoder and for spans handed to the user's processor.

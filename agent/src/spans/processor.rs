@@ -141,7 +141,7 @@ fn add_empty_profile(span: &mut SpanData) -> bool {
     finished::with_flamegraph_base(|base| {
         super::attributes::push_profile_attributes(
             span,
-            &crate::profile::queries::SpanSummary::default(),
+            &crate::profile::SpanSummary::default(),
             base,
         );
     })

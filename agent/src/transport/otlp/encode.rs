@@ -20,7 +20,7 @@ use bytes::Bytes;
 use opentelemetry::Value;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::profile::queries::SpanSummary;
+use crate::profile::SpanSummary;
 use crate::spans::attributes::{cpu_time_ms, flamegraph_url_into, name, top_functions_into};
 use crate::spans::finished::FinishedSpan;
 use crate::wire::{field, key_string, key_value, message, string};
