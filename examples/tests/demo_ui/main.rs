@@ -22,6 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
+use smolder_examples::lock;
 
 use demo::Demo;
 use webdriver::{Driver, find_executable, poll};
@@ -250,7 +251,7 @@ fn truncate(text: &str, max: usize) -> &str {
 /// time.
 fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    lock(&LOCK)
 }
 
 /// A fresh directory under the target dir for one test's files (the last

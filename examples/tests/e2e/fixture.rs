@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
+use smolder_examples::lock;
+
 /// What one fixture run printed and where its files are.
 pub struct Run {
     pub report: HashMap<String, String>,
@@ -40,7 +42,7 @@ impl Run {
 /// otherwise compete, and the slower they run the longer the suite takes.
 pub fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    lock(&LOCK)
 }
 
 /// A fresh directory under the target dir for one run's files.

@@ -14,12 +14,13 @@
 //! lock, and hold the lock only to update the stock.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use smolder_examples::lock;
 use tracing::info_span;
 
 use crate::shop::AppError;
@@ -86,10 +87,7 @@ pub fn checkout(
 
     let mut stock = {
         let _wait = info_span!("inventory.lock_wait").entered();
-        inventory
-            .stock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&inventory.stock)
     };
     reserve_stock(&mut stock, &priced);
     let authorization = authorize_payment(request.customer_id, total_cents);

@@ -35,6 +35,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use smolder_examples::{lock, wait_timeout_while};
+
 use crate::harness::{Harness, WORKER_STACK, spawn_worker};
 use crate::sys;
 
@@ -63,17 +65,11 @@ pub struct Counters {
 impl Counters {
     /// Makes `tid` a target of stray signals.
     pub fn add_target(&self, tid: i32) {
-        self.targets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tid);
+        lock(&self.targets).push(tid);
     }
 
     fn targets(&self) -> Vec<i32> {
-        self.targets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.targets).clone()
     }
 
     pub fn count_std_op(&self) {
@@ -219,12 +215,7 @@ impl Worker {
         raw_nanosleep(harness);
         std_sleep(harness);
         self.condvar_wait(harness);
-        let problems = std::mem::take(
-            &mut *self
-                .helper_problems
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let problems = std::mem::take(&mut *lock(&self.helper_problems));
         for problem in problems {
             harness.eintr.std_failures.fetch_add(1, Relaxed);
             harness.fail(format!("EINTR helper: {problem}"));
@@ -332,13 +323,11 @@ impl Worker {
 
     fn condvar_wait(&self, harness: &Harness) {
         let asked = Duration::from_millis(2);
-        let (lock, condvar) = &self.condvar;
-        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (mutex, condvar) = &self.condvar;
+        let guard = lock(mutex);
         let started = Instant::now();
         harness.eintr.count_std_op();
-        let (_guard, result) = condvar
-            .wait_timeout_while(guard, asked, |_| true)
-            .unwrap_or_else(|p| p.into_inner());
+        let (_guard, result) = wait_timeout_while(condvar, guard, asked, |_| true);
         let waited = started.elapsed();
         if !result.timed_out() || waited < asked {
             harness
@@ -397,10 +386,7 @@ fn helper(
             std::io::ErrorKind::Interrupted => format!("Write::write_all surfaced EINTR: {error}"),
             _ => format!("Write::write_all failed: {error}"),
         };
-        problems
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(problem);
+        lock(problems).push(problem);
     };
     for order in inbox {
         let _span = tracing::info_span!("eintr_helper").entered();

@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use smolder_examples::{lock, wait, wait_timeout_while};
 use tracing_subscriber::prelude::*;
 
 use crate::options::Options;
@@ -62,7 +63,7 @@ pub struct AgentEpoch {
 
 impl AgentSlot {
     fn lock(&self) -> MutexGuard<'_, AgentEpoch> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.current)
     }
 
     pub fn publish(&self, generation: u64, http: Option<SocketAddr>) {
@@ -111,7 +112,7 @@ struct PauseState {
 
 impl Pause {
     fn lock(&self) -> MutexGuard<'_, PauseState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn register(&self) {
@@ -132,7 +133,7 @@ impl Pause {
         state.parked += 1;
         self.changed.notify_all();
         while state.requested {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = wait(&self.changed, state);
         }
         state.parked -= 1;
     }
@@ -144,10 +145,8 @@ impl Pause {
         let mut state = self.lock();
         state.requested = true;
         self.requested.store(true, Relaxed);
-        let (state, _) = self
-            .changed
-            .wait_timeout_while(state, patience, |s| s.parked < s.workers)
-            .unwrap_or_else(|p| p.into_inner());
+        let (state, _) =
+            wait_timeout_while(&self.changed, state, patience, |s| s.parked < s.workers);
         if state.parked < state.workers {
             let running = state.workers - state.parked;
             drop(state);
@@ -227,25 +226,19 @@ impl Harness {
             name,
             progress: AtomicU64::new(0),
         });
-        self.activities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::clone(&activity));
+        lock(&self.activities).push(Arc::clone(&activity));
         activity
     }
 
     pub fn activities(&self) -> Vec<Arc<Activity>> {
-        self.activities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.activities).clone()
     }
 
     /// Records a failed check; the run will exit non-zero.
     pub fn fail(&self, what: impl Into<String>) {
         let what = what.into();
         println!("[{:7.1}s] FAIL: {what}", self.now_s());
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = lock(&self.failures);
         failures.total += 1;
         if failures.first.len() < FAILURES_KEPT {
             failures.first.push(what);
@@ -254,7 +247,7 @@ impl Harness {
 
     /// (the first failures, how many there were in all).
     pub fn failures(&self) -> (Vec<String>, usize) {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = lock(&self.failures);
         (failures.first.clone(), failures.total)
     }
 

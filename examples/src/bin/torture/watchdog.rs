@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use smolder_examples::lock;
+
 use crate::harness::Harness;
 use crate::sys;
 
@@ -78,11 +80,7 @@ impl Watchdog {
     /// From now on activities may stop; the rest of the run must finish
     /// within `limit`.
     pub fn begin_shutdown(&self, limit: Duration) {
-        *self
-            .shared
-            .shutdown_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + limit);
+        *lock(&self.shared.shutdown_deadline) = Some(Instant::now() + limit);
     }
 
     /// Prints every activity's progress count on one line.
@@ -102,13 +100,7 @@ impl Watchdog {
         self.shared.done.store(true, Relaxed);
         self.thread.thread().unpark();
         let _ = self.thread.join();
-        let samples = std::mem::take(
-            &mut *self
-                .shared
-                .samples
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let samples = std::mem::take(&mut *lock(&self.shared.samples));
         Resources { samples }
     }
 }
@@ -125,10 +117,7 @@ fn watch(shared: &Shared) {
         }
         next += Duration::from_secs(1);
         record_resources(shared);
-        let deadline = *shared
-            .shutdown_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let deadline = *lock(&shared.shutdown_deadline);
         if let Some(deadline) = deadline {
             if Instant::now() > deadline {
                 fatal(
@@ -169,11 +158,7 @@ fn record_resources(shared: &Shared) {
         fds: sys::open_fds().unwrap_or(0),
         threads: sys::thread_count().unwrap_or(0),
     };
-    shared
-        .samples
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(sample);
+    lock(&shared.samples).push(sample);
 }
 
 /// Reports a deadlock and ends the process at once.
