@@ -56,21 +56,21 @@
 
 // Modules in the order data flows through them; each imports only from
 // those above it (checked by `tests/module_graph.rs`).
-mod agent;
-#[cfg(smolder_sampling)]
-mod collect;
-mod config;
+mod sync;
 mod duration;
 mod error;
+mod wire;
+mod config;
+mod stats;
+mod sampler;
+#[cfg(smolder_sampling)]
+mod collect;
 mod profile;
 mod render;
-mod sampler;
 mod spans;
-mod stats;
-mod sync;
 #[cfg(smolder_sampling)]
 mod transport;
-mod wire;
+mod agent;
 
 pub use agent::Agent;
 pub use config::{AgentBuilder, Engine, OtlpProtocol, Unwinder};
