@@ -139,9 +139,9 @@ pub fn thread_weight(profile: &Profile, tid: i32, function: &str) -> (u64, u64) 
     let mut all = 0;
     let mut with_function = 0;
     for sample in profile.samples().filter(|s| s.thread_id() == tid) {
-        all += sample.weight();
+        all += sample.sample_count();
         if sample.frames().any(|f| f.function().contains(function)) {
-            with_function += sample.weight();
+            with_function += sample.sample_count();
         }
     }
     (all, with_function)

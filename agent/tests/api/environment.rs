@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use smolder::{Agent, AgentBuilder, Error};
+use smolder::{Agent, AgentBuilder, Error, Unwinder};
 
 use crate::burn::assert_sampling;
 use crate::{EnvGuard, TEST_HZ, quiet_builder, serial};
@@ -88,7 +88,7 @@ fn environment_configures_start_and_the_builder_overrides_it() {
     let agent = smolder::start().expect("start from the environment");
     let stats = agent.stats();
     assert_eq!(stats.frequency_hz, 251);
-    assert_eq!(stats.unwinder, "frame-pointers");
+    assert_eq!(stats.unwinder, Unwinder::FramePointers);
     assert_eq!(agent.http_addr(), None);
     drop(agent);
 
@@ -97,7 +97,7 @@ fn environment_configures_start_and_the_builder_overrides_it() {
     let agent = quiet_builder().start().expect("explicit values win");
     let stats = agent.stats();
     assert_eq!(stats.frequency_hz, TEST_HZ);
-    assert_eq!(stats.unwinder, "frame-pointers");
+    assert_eq!(stats.unwinder, Unwinder::FramePointers);
     assert_sampling(&agent);
     // Stopped before the variables change back: the agent's threads must
     // not be running while the environment changes.
