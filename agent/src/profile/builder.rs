@@ -18,12 +18,22 @@ pub(crate) struct ProfileBuilder {
 }
 
 impl ProfileBuilder {
-    pub(crate) fn new(start: SystemTime, duration: Duration, frequency_hz: u32) -> Self {
+    /// A profile of `kind` over `duration` from `start`; see [`Profile`]
+    /// for what `frequency_hz` and `period` mean for each kind.
+    pub(crate) fn new(
+        kind: ProfileKind,
+        start: SystemTime,
+        duration: Duration,
+        frequency_hz: u32,
+        period: u64,
+    ) -> Self {
         ProfileBuilder {
             profile: Profile {
+                kind,
                 start,
                 duration,
                 frequency_hz,
+                period,
                 functions: Vec::new(),
                 locations: Vec::new(),
                 modules: Vec::new(),
@@ -96,7 +106,8 @@ impl ProfileBuilder {
         tid: i32,
         thread_name: &str,
         span: Option<SpanLabel>,
-        cpu_ns: u64,
+        labels: Vec<Label>,
+        values: Values,
     ) {
         let next = self.threads.len() as u32;
         let thread = *self
@@ -120,7 +131,8 @@ impl ProfileBuilder {
             locations,
             thread,
             span,
-            cpu_ns,
+            labels,
+            values,
         });
     }
 

@@ -3,11 +3,15 @@
 //!
 //! The model follows pprof's: functions (name, file), locations (an address
 //! in a module, with one line per function inlined there, innermost first)
-//! and samples (a stack of locations, leaf first, a thread and a weight).
-//! Renderers in [`crate::render`] turn it into folded text, SVG and pprof.
+//! and samples (a stack of locations, leaf first, a thread, labels and
+//! values). What the values measure is the profile's [`ProfileKind`]: CPU
+//! time, wall-clock time, heap memory. Renderers in [`crate::render`] turn
+//! it into folded text, SVG and pprof.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+pub(crate) use kind::{ProfileKind, Values, samples_in};
 
 use crate::sampler::span_context::SpanLabel;
 
@@ -24,9 +28,15 @@ use crate::sampler::span_context::SpanLabel;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Profile {
+    pub(crate) kind: ProfileKind,
     pub(crate) start: SystemTime,
     pub(crate) duration: Duration,
+    /// Samples per second (per CPU-second for CPU profiles); 0 for memory
+    /// profiles.
     pub(crate) frequency_hz: u32,
+    /// What one sample stands for: nanoseconds for time profiles, bytes (the
+    /// sampling rate) for memory profiles.
+    pub(crate) period: u64,
     pub(crate) functions: Vec<Function>,
     pub(crate) locations: Vec<Location>,
     pub(crate) modules: Vec<Module>,
@@ -78,10 +88,29 @@ pub(crate) struct Sample {
     pub(crate) thread: u32,
     /// Index into `spans`, if the samples were taken inside a span.
     pub(crate) span: Option<u32>,
-    /// CPU time the samples with this stack on this thread stand for. CPU
-    /// time rather than a count, so that windows spanning a change of
-    /// sampling rate add up.
-    pub(crate) cpu_ns: u64,
+    /// Labels beyond thread and span (a thread's state, say).
+    pub(crate) labels: Vec<Label>,
+    /// What the samples with this stack and these labels stand for, as the
+    /// kind defines. Time rather than a count for time profiles, so that
+    /// windows spanning a change of sampling rate add up.
+    pub(crate) values: Values,
+}
+
+/// A sample label beyond thread and span, as pprof carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Label {
+    pub(crate) key: &'static str,
+    pub(crate) value: LabelValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    smolder_sampling,
+    expect(dead_code, reason = "the wall-clock sampler labels thread states")
+)]
+pub(crate) enum LabelValue {
+    Text(Arc<str>),
+    Number(i64),
 }
 
 impl Profile {
@@ -105,21 +134,29 @@ impl Profile {
     /// the kernel coalesced are counted, so this tracks CPU time even above
     /// the kernel's tick rate.
     pub fn sample_count(&self) -> u64 {
-        self.samples_in(self.cpu_ns())
+        self.drawn_count(self.drawn_total())
     }
 
     /// CPU time the samples stand for.
     pub fn cpu_time(&self) -> Duration {
-        Duration::from_nanos(self.cpu_ns())
+        match self.kind {
+            ProfileKind::Cpu => Duration::from_nanos(self.drawn_total()),
+            _ => Duration::ZERO,
+        }
     }
 
-    fn cpu_ns(&self) -> u64 {
-        self.samples.iter().map(|s| s.cpu_ns).sum()
+    /// The sum of what flame graphs draw (time, or bytes), over all samples.
+    pub(crate) fn drawn_total(&self) -> u64 {
+        self.samples
+            .iter()
+            .map(|s| self.kind.drawn(&s.values))
+            .sum()
     }
 
-    /// The number of samples `cpu_ns` of CPU time is, at this profile's rate.
-    pub(crate) fn samples_in(&self, cpu_ns: u64) -> u64 {
-        samples_at(self.frequency_hz, cpu_ns)
+    /// The count flame graphs show for `drawn` (see
+    /// [`ProfileKind::drawn_count`]).
+    pub(crate) fn drawn_count(&self, drawn: u64) -> u64 {
+        self.kind.drawn_count(drawn, self.period)
     }
 
     /// The distinct (stack, thread) samples.
@@ -143,13 +180,6 @@ impl Profile {
     }
 }
 
-/// The number of samples `cpu_ns` of CPU time is at `frequency_hz`,
-/// rounded to the nearest: the one conversion from time back to counts.
-pub(crate) fn samples_at(frequency_hz: u32, cpu_ns: u64) -> u64 {
-    let period_ns = crate::config::period_ns(frequency_hz);
-    (cpu_ns + period_ns / 2) / period_ns
-}
-
 /// One distinct (stack, thread) in a [`Profile`].
 #[derive(Clone, Copy)]
 pub struct SampleView<'a> {
@@ -161,12 +191,20 @@ impl<'a> SampleView<'a> {
     /// Samples recorded with this stack on this thread (see
     /// [`Profile::sample_count`]).
     pub fn sample_count(&self) -> u64 {
-        self.profile.samples_in(self.sample.cpu_ns)
+        self.profile.drawn_count(self.drawn())
     }
 
     /// CPU time recorded with this stack on this thread.
     pub fn cpu_time(&self) -> Duration {
-        Duration::from_nanos(self.sample.cpu_ns)
+        match self.profile.kind {
+            ProfileKind::Cpu => Duration::from_nanos(self.drawn()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// What flame graphs draw for this sample: its time, or its bytes.
+    pub(crate) fn drawn(&self) -> u64 {
+        self.profile.kind.drawn(&self.sample.values)
     }
 
     /// The thread's name.
@@ -256,6 +294,7 @@ impl<'a> Frame<'a> {
 
 #[cfg(smolder_sampling)]
 mod builder;
+mod kind;
 #[cfg(smolder_sampling)]
 pub(crate) mod queries;
 mod summary;

@@ -16,7 +16,7 @@ use crate::collect::{
     CYCLE, CaptureResult, CollectorCounters, MAX_CAPTURES, RateControl, RateHold, SpanLeaves, Store,
 };
 use crate::config::{Config, Engine};
-use crate::profile::{ProfileBuilder, SpanSummary};
+use crate::profile::{ProfileBuilder, ProfileKind, SpanSummary, samples_in};
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::counters::CostHistogram;
 use crate::sampler::handler::SamplerShared;
@@ -157,7 +157,8 @@ impl Profiler {
 
     /// A profile without samples.
     pub(crate) fn empty_profile(&self) -> Profile {
-        ProfileBuilder::new(SystemTime::now(), Duration::ZERO, self.config.frequency_hz).finish()
+        self.cpu_builder(SystemTime::now(), Duration::ZERO, self.config.frequency_hz)
+            .finish()
     }
 
     /// Every sample of one trace in this process.
@@ -214,7 +215,8 @@ impl Profiler {
             .zip(&resolved)
             .filter_map(|(&leaf, resolved)| Some((leaf, &resolved.frames.first()?.function)))
             .collect();
-        let samples_in = |cpu_ns| crate::profile::samples_at(self.config.frequency_hz, cpu_ns);
+        let period_ns = crate::config::period_ns(self.config.frequency_hz);
+        let samples_in = |cpu_ns| samples_in(cpu_ns, period_ns);
         summaries.clear();
         summaries.extend(spans.iter().map(|span| {
             let Some(span) = span else {
@@ -249,6 +251,17 @@ impl Profiler {
         Duration::from_nanos(monotonic_now_ns().saturating_sub(oldest))
     }
 
+    /// A builder for a CPU profile sampled at `frequency_hz`.
+    fn cpu_builder(
+        &self,
+        start: SystemTime,
+        duration: Duration,
+        frequency_hz: u32,
+    ) -> ProfileBuilder {
+        let period = crate::config::period_ns(frequency_hz);
+        ProfileBuilder::new(ProfileKind::Cpu, start, duration, frequency_hz, period)
+    }
+
     /// Symbolises a capture's or window's stacks into a profile.
     fn build(
         &self,
@@ -267,7 +280,7 @@ impl Profiler {
         let resolved = self
             .symbols
             .resolve(&result.modules, addresses.clone(), SYMBOL_PATIENCE);
-        let mut builder = ProfileBuilder::new(start, duration, frequency_hz);
+        let mut builder = self.cpu_builder(start, duration, frequency_hz);
         let mut location_of = HashMap::with_capacity(addresses.len());
         for (address, resolved) in addresses.iter().zip(&resolved) {
             location_of.insert(*address, builder.location(*address, resolved));
@@ -275,7 +288,14 @@ impl Profiler {
         for (frames, thread, cpu_ns) in &result.stacks {
             let locations = frames.iter().map(|a| location_of[a]).collect();
             let span = thread.span;
-            builder.sample(locations, thread.tid, &thread.name, span, *cpu_ns);
+            builder.sample(
+                locations,
+                thread.tid,
+                &thread.name,
+                span,
+                Vec::new(),
+                [*cpu_ns, 0, 0, 0],
+            );
         }
         builder.finish()
     }

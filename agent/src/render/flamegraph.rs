@@ -4,6 +4,7 @@ use std::io::Write;
 
 use inferno::flamegraph::{self, Options};
 
+use crate::profile::ProfileKind;
 use crate::{Error, Profile};
 
 /// Title and labels of a flame graph.
@@ -13,10 +14,11 @@ pub(crate) struct Style {
     pub(crate) subtitle: Option<String>,
 }
 
-impl Default for Style {
-    fn default() -> Self {
+impl Style {
+    /// The default title of `profile`'s kind, and the default subtitle.
+    pub(crate) fn of(profile: &Profile) -> Style {
         Style {
-            title: "CPU profile".to_owned(),
+            title: format!("{} profile", profile.kind.title()),
             subtitle: None,
         }
     }
@@ -29,7 +31,7 @@ pub(crate) fn write(profile: &Profile, style: &Style, out: impl Write) -> Result
         .subtitle
         .clone()
         .unwrap_or_else(|| default_subtitle(profile));
-    let mut options = options(&style.title, subtitle);
+    let mut options = options(profile, &style.title, subtitle);
     if folded.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid
         // answer, shown as a single "no samples" bar.
@@ -53,7 +55,7 @@ pub(crate) fn write_diff(
         .subtitle
         .clone()
         .unwrap_or_else(|| default_subtitle(after));
-    let mut options = options(&style.title, subtitle);
+    let mut options = options(after, &style.title, subtitle);
     if diff.is_empty() {
         return flamegraph::from_lines(&mut options, ["[no samples] 1 1"], out)
             .map_err(|e| Error::Flamegraph(e.to_string()));
@@ -63,20 +65,32 @@ pub(crate) fn write_diff(
 }
 
 fn default_subtitle(profile: &Profile) -> String {
-    format!(
-        "{} samples at {} Hz over {:.1} s ({:.2} CPU-s)",
-        profile.sample_count(),
-        profile.frequency_hz(),
-        profile.duration().as_secs_f64(),
-        profile.cpu_time().as_secs_f64()
-    )
+    let over = profile.duration().as_secs_f64();
+    match profile.kind {
+        ProfileKind::Cpu | ProfileKind::Wall => format!(
+            "{} samples at {} Hz over {over:.1} s ({:.2} {}-s)",
+            profile.sample_count(),
+            profile.frequency_hz(),
+            profile.drawn_total() as f64 / 1e9,
+            if profile.kind == ProfileKind::Cpu {
+                "CPU"
+            } else {
+                "wall"
+            },
+        ),
+        ProfileKind::Heap | ProfileKind::Allocs => format!(
+            "{:.1} MiB sampled every {} KiB on average, over {over:.1} s",
+            profile.drawn_total() as f64 / (1 << 20) as f64,
+            profile.period / 1024,
+        ),
+    }
 }
 
-fn options(title: &str, subtitle: String) -> Options<'static> {
+fn options(profile: &Profile, title: &str, subtitle: String) -> Options<'static> {
     let mut options = Options::default();
     options.title = title.to_owned();
     options.subtitle = Some(subtitle);
-    options.count_name = "samples".to_owned();
+    options.count_name = profile.kind.count_name().to_owned();
     options.name_type = "Function:".to_owned();
     options
 }

@@ -14,8 +14,9 @@ pub(crate) fn render(profile: &Profile) -> String {
     out
 }
 
-/// Distinct folded stacks and their sample counts. CPU time is summed per
-/// stack first and converted to a count once, so rounding never adds up.
+/// Distinct folded stacks and their counts (samples for time profiles,
+/// bytes for memory profiles). Time is summed per stack first and converted
+/// to a count once, so rounding never adds up.
 pub(crate) fn fold(profile: &Profile) -> BTreeMap<String, u64> {
     let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
     let mut names: Vec<&str> = Vec::new();
@@ -29,11 +30,11 @@ pub(crate) fn fold(profile: &Profile) -> BTreeMap<String, u64> {
             }
             push_sanitized(&mut line, name);
         }
-        *stacks.entry(line).or_default() += sample.cpu_time().as_nanos() as u64;
+        *stacks.entry(line).or_default() += sample.drawn();
     }
     stacks
         .into_iter()
-        .map(|(stack, cpu_ns)| (stack, profile.samples_in(cpu_ns)))
+        .map(|(stack, drawn)| (stack, profile.drawn_count(drawn)))
         .filter(|&(_, count)| count > 0)
         .collect()
 }

@@ -23,7 +23,7 @@ impl Profile {
     /// Writes an interactive flame graph (SVG with search and zoom, rendered
     /// by inferno).
     pub fn write_flamegraph<W: Write>(&self, out: W) -> Result<(), Error> {
-        flamegraph::write(self, &flamegraph::Style::default(), out)
+        flamegraph::write(self, &flamegraph::Style::of(self), out)
     }
 
     /// The profile as gzip-compressed pprof protobuf, as `go tool pprof`

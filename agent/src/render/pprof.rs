@@ -1,8 +1,11 @@
 //! pprof protobuf (`profile.proto` from github.com/google/pprof), gzipped.
 //!
-//! Samples carry two values, as Go's CPU profiles do: `samples/count` and
-//! `cpu/nanoseconds` (count × period), and labels `thread` (name) and
-//! `thread_id` (kernel id, numeric), usable with `go tool pprof -tagfocus`.
+//! Sample and period types are those Go writes for the profile's kind
+//! (`samples/count` and `cpu/nanoseconds` for CPU, the four `alloc_*` and
+//! `inuse_*` types for the heap, ...; see `profile::ProfileKind`). Samples
+//! are labelled `thread` (name) and `thread_id` (kernel id, numeric), with
+//! the span's ids and name and the profile's own labels when there are
+//! some, usable with `go tool pprof -tagfocus`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,6 +15,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
+use crate::profile::LabelValue;
 use crate::{Error, Profile};
 
 /// The messages of `profile.proto`, written out by hand for prost so that
@@ -173,12 +177,17 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
         r#type: strings.intern(kind),
         unit: strings.intern(unit),
     };
-    let period_ns = crate::config::period_ns(profile.frequency_hz) as i64;
-    let sample_type = vec![
-        value_type(&mut strings, "samples", "count"),
-        value_type(&mut strings, "cpu", "nanoseconds"),
-    ];
-    let period_type = Some(value_type(&mut strings, "cpu", "nanoseconds"));
+    let kind = profile.kind;
+    let sample_type = kind
+        .sample_types()
+        .iter()
+        .map(|&(kind, unit)| value_type(&mut strings, kind, unit))
+        .collect();
+    let (period_kind, period_unit) = kind.period_type();
+    let period_type = Some(value_type(&mut strings, period_kind, period_unit));
+    let default_sample_type = kind
+        .default_sample_type()
+        .map_or(0, |name| strings.intern(name));
 
     let function = profile
         .functions
@@ -281,9 +290,24 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
                 ));
                 label.push(text(&mut strings, span_name_key, span.name));
             }
+            for extra in &s.labels {
+                let key = strings.intern(extra.key);
+                label.push(match &extra.value {
+                    LabelValue::Text(text) => proto::Label {
+                        key,
+                        str: strings.intern(text),
+                        ..Default::default()
+                    },
+                    LabelValue::Number(num) => proto::Label {
+                        key,
+                        num: *num,
+                        ..Default::default()
+                    },
+                });
+            }
             proto::Sample {
                 location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
-                value: vec![profile.samples_in(s.cpu_ns) as i64, s.cpu_ns as i64],
+                value: kind.pprof_values(&s.values, profile.period),
                 label,
             }
         })
@@ -303,7 +327,8 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
         time_nanos,
         duration_nanos: profile.duration.as_nanos() as i64,
         period_type,
-        period: period_ns,
+        period: profile.period as i64,
+        default_sample_type,
         ..Default::default()
     }
 }

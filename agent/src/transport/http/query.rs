@@ -8,11 +8,36 @@
 use std::time::Duration;
 
 use crate::collect::aggregate::filter::{Filter, Glob};
+use crate::profile::ProfileKind;
 
 /// Parameters every profile route accepts.
 pub(crate) const PARAMETERS: &[&str] = &[
     "seconds", "hz", "window", "base", "ago", "thread", "trace_id", "span_id",
 ];
+
+/// The routes that draw any kind of profile (`flamegraph`, `folded`) also
+/// take `profile=` to say which.
+const CHOOSING_PARAMETERS: &[&str] = &[
+    "seconds", "hz", "window", "base", "ago", "thread", "trace_id", "span_id", "profile",
+];
+
+/// What a route serves: one kind of profile, or whichever `profile=` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kinds {
+    Only(ProfileKind),
+    /// `profile=`, [`ProfileKind::Cpu`] when not given.
+    Chosen,
+}
+
+/// The kinds `profile=` names.
+fn kind_named(value: &str) -> Result<ProfileKind, QueryError> {
+    match value {
+        "cpu" => Ok(ProfileKind::Cpu),
+        _ => Err(reject(format!(
+            "profile={value:?} is not a profile this agent keeps: expected cpu"
+        ))),
+    }
+}
 
 /// Where a profile's samples come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +62,7 @@ pub(crate) enum Source {
 /// A validated profile request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProfileQuery {
+    pub(crate) kind: ProfileKind,
     pub(crate) source: Source,
     pub(crate) filter: Filter,
 }
@@ -155,7 +181,15 @@ fn duration(name: &str, value: &str) -> Result<Duration, QueryError> {
 }
 
 /// Parses a profile route's query string.
-pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<ProfileQuery, QueryError> {
+pub(crate) fn parse_profile_query(
+    query: &str,
+    limits: Limits,
+    kinds: Kinds,
+) -> Result<ProfileQuery, QueryError> {
+    let (parameters, mut kind) = match kinds {
+        Kinds::Only(kind) => (PARAMETERS, kind),
+        Kinds::Chosen => (CHOOSING_PARAMETERS, ProfileKind::Cpu),
+    };
     let mut seconds = None;
     let mut hz = None;
     let mut window = None;
@@ -163,7 +197,7 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
     let mut ago = None;
     let mut filter = Filter::default();
     let (mut trace_id, mut span_id) = (None, None);
-    for (name, value) in pairs(query, PARAMETERS)? {
+    for (name, value) in pairs(query, parameters)? {
         match name.as_str() {
             "seconds" => seconds = Some(whole_number("seconds", &value, limits.max_seconds)?),
             "hz" => hz = Some(whole_number("hz", &value, u64::from(limits.max_hz))? as u32),
@@ -178,6 +212,7 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
             "ago" => ago = Some(duration("ago", &value)?),
             "trace_id" => trace_id = Some(hex_id("trace_id", &value, 32)?),
             "span_id" => span_id = Some(hex_id("span_id", &value, 16)? as u64),
+            "profile" => kind = kind_named(&value)?,
             "thread" => {
                 if value.is_empty() || value.len() > 256 {
                     return Err(reject(
@@ -197,6 +232,7 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
             ));
         }
         return Ok(ProfileQuery {
+            kind,
             source: Source::Spans { trace_id, span_id },
             filter,
         });
@@ -237,7 +273,11 @@ pub(crate) fn parse_profile_query(query: &str, limits: Limits) -> Result<Profile
             }
         }
     };
-    Ok(ProfileQuery { source, filter })
+    Ok(ProfileQuery {
+        kind,
+        source,
+        filter,
+    })
 }
 
 #[cfg(test)]
@@ -251,11 +291,13 @@ mod tests {
     };
 
     fn ok(query: &str) -> ProfileQuery {
-        parse_profile_query(query, LIMITS).unwrap_or_else(|e| panic!("{query}: {e}"))
+        parse_profile_query(query, LIMITS, Kinds::Chosen).unwrap_or_else(|e| panic!("{query}: {e}"))
     }
 
     fn err(query: &str) -> String {
-        parse_profile_query(query, LIMITS).expect_err(query).0
+        parse_profile_query(query, LIMITS, Kinds::Chosen)
+            .expect_err(query)
+            .0
     }
 
     #[test]
@@ -273,6 +315,21 @@ mod tests {
                 seconds: 5,
                 hz: Some(999)
             }
+        );
+    }
+
+    #[test]
+    fn the_profile_parameter_picks_a_kind_where_a_route_allows_one() {
+        assert_eq!(ok("").kind, ProfileKind::Cpu);
+        assert_eq!(ok("profile=cpu&window=1m").kind, ProfileKind::Cpu);
+        assert!(err("profile=gpu").contains("profile=\"gpu\""));
+        let fixed = parse_profile_query("profile=cpu", LIMITS, Kinds::Only(ProfileKind::Cpu));
+        assert!(
+            fixed
+                .unwrap_err()
+                .0
+                .contains("unknown parameter \"profile\""),
+            "a route that serves one kind takes no profile="
         );
     }
 
@@ -367,7 +424,7 @@ mod properties {
         /// refusal is one line.
         #[test]
         fn any_query_is_answered(query in ".{0,200}") {
-            if let Err(error) = parse_profile_query(&query, LIMITS) {
+            if let Err(error) = parse_profile_query(&query, LIMITS, Kinds::Chosen) {
                 prop_assert!(!error.0.contains('\n'));
             }
         }
@@ -376,7 +433,7 @@ mod properties {
         #[test]
         fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let query = String::from_utf8_lossy(&bytes);
-            let _ = parse_profile_query(&query, LIMITS);
+            let _ = parse_profile_query(&query, LIMITS, Kinds::Chosen);
             let _ = pairs(&query, PARAMETERS);
         }
 
@@ -384,7 +441,7 @@ mod properties {
         /// ones refused.
         #[test]
         fn seconds_and_hz_ranges(seconds in 0u64..1000, hz in 0u32..20_000) {
-            let parsed = parse_profile_query(&format!("seconds={seconds}&hz={hz}"), LIMITS);
+            let parsed = parse_profile_query(&format!("seconds={seconds}&hz={hz}"), LIMITS, Kinds::Chosen);
             let valid = (1..=300).contains(&seconds) && (1..=10_000).contains(&hz);
             prop_assert_eq!(parsed.is_ok(), valid);
             if let Ok(query) = parsed {
@@ -396,7 +453,7 @@ mod properties {
         #[test]
         fn ids_round_trip(trace in 1u128.., span in 1u64..) {
             let query = format!("trace_id={trace:032x}&span_id={span:016x}");
-            let parsed = parse_profile_query(&query, LIMITS).unwrap();
+            let parsed = parse_profile_query(&query, LIMITS, Kinds::Chosen).unwrap();
             prop_assert_eq!(parsed.source, Source::Spans { trace_id: Some(trace), span_id: Some(span) });
         }
 

@@ -18,9 +18,10 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::query::{self, Limits, ProfileQuery, Source};
+use super::query::{self, Kinds, Limits, ProfileQuery, Source};
 use super::{Endpoint, MAX_TARGET_BYTES, index};
 use crate::Profile;
+use crate::profile::ProfileKind;
 use crate::profile::queries::{CaptureError, Coverage, WindowError};
 use crate::render::flamegraph::Style;
 
@@ -72,12 +73,12 @@ async fn route(endpoint: &Arc<Endpoint>, request: &Request<Incoming>) -> Respons
         return denied;
     }
     let query = request.uri().query().unwrap_or("");
-    let format = match request.uri().path() {
+    let (format, kinds) = match request.uri().path() {
         "/debug/pprof" | "/debug/pprof/" => return index_page(endpoint, query),
         "/debug/pprof/stats" => return stats(endpoint, query),
-        "/debug/pprof/profile" => Format::Pprof,
-        "/debug/pprof/flamegraph" => Format::Svg,
-        "/debug/pprof/folded" => Format::Folded,
+        "/debug/pprof/profile" => (Format::Pprof, Kinds::Only(ProfileKind::Cpu)),
+        "/debug/pprof/flamegraph" => (Format::Svg, Kinds::Chosen),
+        "/debug/pprof/folded" => (Format::Folded, Kinds::Chosen),
         other => {
             return text(
                 StatusCode::NOT_FOUND,
@@ -90,7 +91,7 @@ async fn route(endpoint: &Arc<Endpoint>, request: &Request<Incoming>) -> Respons
         max_hz: 10_000,
         default_seconds: 30.min(endpoint.settings.max_seconds),
     };
-    match query::parse_profile_query(query, limits) {
+    match query::parse_profile_query(query, limits, kinds) {
         Ok(query) => profile(endpoint, request.uri().path(), query, format).await,
         Err(error) => text(StatusCode::BAD_REQUEST, &error.to_string()),
     }
@@ -419,11 +420,18 @@ fn render(
 
 fn title(service: &str, what: &str, profile: &Profile, before: Option<&Profile>) -> String {
     match before {
-        None => format!("{service}: CPU, {what}, {} samples", profile.sample_count()),
-        Some(before) => format!(
-            "{service}: CPU diff, {what}, {} vs {} samples",
+        None => format!(
+            "{service}: {}, {what}, {} {}",
+            profile.kind.title(),
             profile.sample_count(),
-            before.sample_count()
+            profile.kind.count_name()
+        ),
+        Some(before) => format!(
+            "{service}: {} diff, {what}, {} vs {} {}",
+            profile.kind.title(),
+            profile.sample_count(),
+            before.sample_count(),
+            profile.kind.count_name()
         ),
     }
 }
