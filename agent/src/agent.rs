@@ -132,7 +132,7 @@ mod running {
     use crate::profile::queries::Profiler;
     use crate::sampler::buffer::SampleBuffer;
     use crate::sampler::counters::HandlerCounters;
-    use crate::sampler::handler::{self, SamplerShared};
+    use crate::sampler::shared::{self, SamplerShared};
     use crate::sampler::signal;
     use crate::sampler::timer;
     use crate::sampler::unwind::modules;
@@ -183,7 +183,7 @@ mod running {
     }
 
     extern "C" fn forget_agent_in_child() {
-        handler::reset_after_fork();
+        shared::reset_after_fork();
         crate::transport::http::close_listener_after_fork();
         crate::sampler::registry::reset_registry_after_fork();
         crate::sampler::release_process();
@@ -222,7 +222,7 @@ mod running {
     impl Drop for StartGuard {
         fn drop(&mut self) {
             if self.armed {
-                handler::deactivate(HANDLER_DRAIN_PATIENCE);
+                shared::deactivate(HANDLER_DRAIN_PATIENCE);
                 signal::retire();
                 crate::sampler::registry::registry().clear();
             }
@@ -284,7 +284,7 @@ mod running {
 
             signal::install()?;
             let mut guard = StartGuard { armed: true };
-            handler::activate(&shared);
+            shared::activate(&shared);
             let engine = timer::start(engine_kind, period_ns, agent)?;
             let mut collector = Collector::new(
                 Arc::clone(&shared),
@@ -422,7 +422,7 @@ mod running {
                 collector.thread().unpark();
                 let _ = collector.join();
             }
-            if !handler::deactivate(HANDLER_DRAIN_PATIENCE) {
+            if !shared::deactivate(HANDLER_DRAIN_PATIENCE) {
                 // A handler never left (its thread is stopped in a debugger?):
                 // leak the state it may still read rather than free it.
                 std::mem::forget(Arc::clone(&self.profiler.shared));

@@ -28,7 +28,7 @@ use super::ingest::ingest;
 use super::pace::{Pace, online_cpus};
 use super::{CYCLE, MAX_CYCLE, RateControl, Store, tasks};
 use crate::sampler::clock::monotonic_now_ns;
-use crate::sampler::handler::SamplerShared;
+use crate::sampler::shared::SamplerShared;
 use crate::sampler::threads;
 use crate::sampler::timer::TimerEngine;
 use crate::sampler::unwind::UnwindTables;

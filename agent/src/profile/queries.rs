@@ -19,7 +19,7 @@ use crate::config::{Config, Engine};
 use crate::profile::{ProfileBuilder, ProfileKind, SpanSummary, samples_in};
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::counters::CostHistogram;
-use crate::sampler::handler::SamplerShared;
+use crate::sampler::shared::SamplerShared;
 use crate::stats::{DroppedSamples, ExportCounters, SpanStats};
 use crate::{Error, Profile, Stats};
 

@@ -6,85 +6,23 @@
 //!
 //! The walk itself runs on a private pre-allocated stack (see
 //! `unwind::scratch`), so the handler's own stack use is a few hundred bytes
-//! wherever the signal lands.
-//!
-//! # Lifetime of the shared state
-//!
-//! Handlers reach the running agent's `SamplerShared` through a
-//! [`Gate`](crate::sampler::gate::Gate): they count themselves in before looking,
-//! and the agent, when stopping, closes the gate and waits for the count to
-//! reach zero before freeing the state.
+//! wherever the signal lands. What the handler reads and writes is the
+//! running agent's `SamplerShared`, reached through its gate (`shared`).
 
 use std::ffi::{c_int, c_void};
-use std::sync::Arc;
-use std::time::Duration;
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::config::Unwinder;
 use crate::sampler::SignalSafe;
 use crate::sampler::arch::{InterruptedRegs, call_on_stack, interrupted_regs, prefetch_for_write};
-use crate::sampler::buffer::{ClaimError, FLAG_INCOMPLETE, FLAG_TRUNCATED, SampleBuffer};
+use crate::sampler::buffer::{ClaimError, FLAG_INCOMPLETE, FLAG_TRUNCATED};
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::cookie;
-use crate::sampler::counters::{Counter, HandlerCounters};
-use crate::sampler::gate::Gate;
-use crate::sampler::registry::ThreadRegistry;
+use crate::sampler::counters::Counter;
+use crate::sampler::shared::{SamplerShared, gate};
 use crate::sampler::span_context::SpanContext;
 use crate::sampler::threads::current_tid;
-use crate::sampler::unwind::published::Published;
-use crate::sampler::unwind::{ScratchPool, UnwindTables, WalkCaches, WalkResult, walk};
-
-/// Everything the handler reads or writes. Built before the first timer is
-/// armed, freed after [`deactivate`] has seen the last handler leave.
-pub(crate) struct SamplerShared {
-    /// This agent's generation, as our timers' cookies carry it
-    /// (`timer::cookie`).
-    pub(crate) agent: u8,
-    /// Whether kernel-sent `SIGPROF` (`setitimer`) counts as ours.
-    pub(crate) accept_itimer_signals: bool,
-    /// The rate epoch of kernel-sent signals, which carry no cookie.
-    pub(crate) itimer_rate_epoch: AtomicUsize,
-    pub(crate) method: Unwinder,
-    pub(crate) buffer: SampleBuffer,
-    pub(crate) tables: Published<UnwindTables>,
-    pub(crate) scratch: ScratchPool,
-    pub(crate) registry: &'static ThreadRegistry,
-    pub(crate) counters: HandlerCounters,
-}
-
-/// The handler's way to the running agent's state.
-#[cfg(not(smolder_loom))]
-fn gate() -> &'static Gate<SamplerShared> {
-    static GATE: Gate<SamplerShared> = Gate::new();
-    &GATE
-}
-
-/// Under loom, atomics cannot be built in a `static`; the gate protocol is
-/// model-checked in `gate` itself.
-#[cfg(smolder_loom)]
-fn gate() -> &'static Gate<SamplerShared> {
-    static GATE: std::sync::OnceLock<Gate<SamplerShared>> = std::sync::OnceLock::new();
-    GATE.get_or_init(Gate::new)
-}
-
-/// See [`Gate::reset_after_fork`].
-pub(crate) fn reset_after_fork() {
-    gate().reset_after_fork();
-}
-
-/// Points the handler at `shared`. The caller keeps `shared` alive until
-/// [`deactivate`] has returned `true`.
-pub(crate) fn activate(shared: &Arc<SamplerShared>) {
-    gate().open(Arc::as_ptr(shared));
-}
-
-/// Detaches the handler from the shared state and waits, at most `patience`,
-/// for handlers still using it. Returns `false` if some handler did not
-/// leave in time; the caller must then leak the state rather than free it.
-pub(crate) fn deactivate(patience: Duration) -> bool {
-    gate().close(patience)
-}
+use crate::sampler::unwind::{UnwindTables, WalkCaches, WalkResult, walk};
 
 /// The `SA_SIGINFO` handler for `SIGPROF`.
 ///

@@ -66,6 +66,8 @@ pub(crate) mod random;
 #[cfg(smolder_sampling)]
 pub(crate) mod registry;
 #[cfg(smolder_sampling)]
+pub(crate) mod shared;
+#[cfg(smolder_sampling)]
 pub(crate) mod signal;
 pub(crate) mod span_context;
 #[cfg(smolder_sampling)]
