@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Env, parse_choice};
+use super::env::{Env, parse_choice};
 use crate::Error;
 
 /// The OTLP transport for exported spans.
@@ -293,7 +293,7 @@ fn percent_decode(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::env;
+    use crate::config::env::tests::env;
 
     fn resolved(pairs: &[(&'static str, &'static str)]) -> Result<Option<OtlpSettings>, Error> {
         resolve(None, None, &OtlpTls::default(), &env(pairs))

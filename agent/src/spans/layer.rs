@@ -21,25 +21,26 @@
 //! wait for the collector. In a tracing-opentelemetry pipeline the mark is
 //! a private attribute on the OpenTelemetry span, which
 //! [`ProfilingSpanProcessor`](crate::ProfilingSpanProcessor) takes off again.
+//!
+//! This file holds the callbacks and what they keep per span and thread;
+//! span ids are read or minted in `ids`, fields become attributes in
+//! `fields`, and the sampled mark is spread in `sampled`.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
-use std::fmt::Debug;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use opentelemetry::{KeyValue, Value};
-use tracing::field::{Field, Visit};
+use opentelemetry::trace::Status;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::fields;
 use super::finished::{self, Pending};
-use super::record::{KeyValues, SpanRecord};
-use crate::sampler::random::SplitMix64;
+use super::ids::{OtelPipeline, mint};
+use super::record::SpanRecord;
+use super::sampled;
 use crate::sampler::span_context::{ANCESTORS, SampleMark, SpanContext, sampled_between};
 
 /// Returns the layer that makes every sample know its span, and (when an
@@ -61,33 +62,27 @@ use crate::sampler::span_context::{ANCESTORS, SampleMark, SpanContext, sampled_b
 /// profile attributes there.
 pub fn tracing_layer() -> SpanLayer {
     SpanLayer {
-        dispatch: OnceLock::new(),
-        otel_pipeline: AtomicBool::new(false),
-        otel_checked: AtomicBool::new(false),
+        otel: OtelPipeline::new(),
     }
 }
 
 /// The layer returned by [`tracing_layer`].
 pub struct SpanLayer {
-    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
-    /// Set once tracing-opentelemetry is seen giving spans their ids.
-    otel_pipeline: AtomicBool,
-    /// Set once the first span was resolved: whether tracing-opentelemetry
-    /// is in the subscriber does not change after that, so spans need not
-    /// ask again when it is not.
-    otel_checked: AtomicBool,
+    /// tracing-opentelemetry in the same subscriber, if it is there: the
+    /// source of span ids, and the exporter of spans when it runs.
+    otel: OtelPipeline,
 }
 
 impl std::fmt::Debug for SpanLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpanLayer")
-            .field("otel_pipeline", &self.otel_pipeline.load(Ordering::Relaxed))
+            .field("otel_pipeline", &self.otel.runs())
             .finish_non_exhaustive()
     }
 }
 
 /// What the layer keeps in each span's extensions.
-struct SpanState {
+pub(super) struct SpanState {
     /// Resolved on first enter (or close): ids, ancestry, name.
     context: Option<SpanContext>,
     start: SystemTime,
@@ -95,7 +90,7 @@ struct SpanState {
     record: Option<SpanRecord>,
     /// Whether a sample may have been credited to the span (see the module
     /// docs). Once set, it is set on every span above it too.
-    sampled: bool,
+    pub(super) sampled: bool,
 }
 
 /// A span entered on this thread.
@@ -110,8 +105,6 @@ struct Entered {
 thread_local! {
     /// The spans entered on this thread, innermost last.
     static ENTERED: RefCell<Vec<Entered>> = const { RefCell::new(Vec::new()) };
-    /// This thread's id generator, seeded on first use (see `random_u64`).
-    static RNG: Cell<Option<SplitMix64>> = const { Cell::new(None) };
 }
 
 impl<S> tracing_subscriber::Layer<S> for SpanLayer
@@ -119,7 +112,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_register_dispatch(&self, dispatch: &Dispatch) {
-        let _ = self.dispatch.set(dispatch.downgrade());
+        self.otel.register(dispatch);
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
@@ -130,15 +123,11 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let record = (finished::is_exporting() && !self.otel_pipeline.load(Ordering::Relaxed))
-            .then(|| {
-                let mut record = SpanRecord::new(attrs.metadata());
-                attrs.record(&mut FieldRecorder {
-                    record: &mut record,
-                    replacing: false,
-                });
-                record
-            });
+        let record = (finished::is_exporting() && !self.otel.runs()).then(|| {
+            let mut record = SpanRecord::new(attrs.metadata());
+            fields::record_span(attrs, &mut record, false);
+            record
+        });
         span.extensions_mut().insert(SpanState {
             context: None,
             start: SystemTime::now(),
@@ -154,10 +143,7 @@ where
             .get_mut::<SpanState>()
             .and_then(|s| s.record.as_mut())
         {
-            values.record(&mut FieldRecorder {
-                record,
-                replacing: true,
-            });
+            fields::record_span(values, record, true);
         }
     }
 
@@ -174,15 +160,9 @@ where
         };
         let level = *event.metadata().level();
         let name = record.event(SystemTime::now(), |attributes| {
-            let mut fields = EventFields {
-                attributes,
-                message: None,
-            };
-            event.record(&mut fields);
-            fields.attributes.str("level", level.as_str());
-            fields
-                .message
-                .map_or(Cow::Borrowed(event.metadata().name()), Cow::Owned)
+            let message = fields::record_event(event, attributes);
+            attributes.str("level", level.as_str());
+            message.map_or(Cow::Borrowed(event.metadata().name()), Cow::Owned)
         });
         if level == Level::ERROR {
             record.status = Status::error(name);
@@ -223,15 +203,12 @@ where
         if let Some(left) = left
             && sampled_between(left.since, until)
         {
-            self.mark_sampled(id, &ctx);
+            sampled::mark(id, &ctx, &self.otel);
         }
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if !finished::is_exporting()
-            || self.otel_pipeline.load(Ordering::Relaxed)
-            || crate::sampler::is_agent_thread()
-        {
+        if !finished::is_exporting() || self.otel.runs() || crate::sampler::is_agent_thread() {
             return;
         }
         let Some(context) = self.resolve(&id, &ctx) else {
@@ -260,12 +237,11 @@ impl SpanLayer {
         let parent = span.parent().and_then(|p| self.resolve(&p.id(), ctx));
         // Must run while no extensions of this span are borrowed: it may lock
         // them (tracing-opentelemetry's documented rule).
-        let otel = self.otel_ids(id);
-        let (trace_id, span_id) = match otel {
+        let (trace_id, span_id) = match self.otel.ids(id) {
             Some(ids) => ids,
             None => (
-                parent.map_or_else(random_trace_id, |p| p.trace_id),
-                random_span_id(),
+                parent.map_or_else(mint::trace_id, |p| p.trace_id),
+                mint::span_id(),
             ),
         };
         let mut ancestors = [0u64; ANCESTORS];
@@ -292,220 +268,11 @@ impl SpanLayer {
         }
         Some(context)
     }
-
-    /// Marks the span, and every span above it, as sampled: a sample taken
-    /// in it is credited to its ancestors and its local root too. Rare (a
-    /// span entered across a sample), so the walk up may take its time.
-    fn mark_sampled<S>(&self, id: &Id, ctx: &Context<'_, S>)
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let Some(span) = ctx.span(id) else { return };
-        let in_otel_pipeline =
-            self.otel_pipeline.load(Ordering::Relaxed) && super::processor::in_use();
-        for span in span.scope() {
-            let newly_marked = match span.extensions_mut().get_mut::<SpanState>() {
-                Some(state) => !std::mem::replace(&mut state.sampled, true),
-                None => true,
-            };
-            if !newly_marked {
-                // Marked before, and everything above it with it.
-                break;
-            }
-            if in_otel_pipeline {
-                self.mark_otel_span(&span.id());
-            }
-        }
-    }
-
-    /// Puts the sampled mark on tracing-opentelemetry's span, for
-    /// `ProfilingSpanProcessor` to find.
-    fn mark_otel_span(&self, id: &Id) {
-        if let Some(context) = self.otel_context(id) {
-            context
-                .span()
-                .set_attribute(KeyValue::new(super::processor::SAMPLED_MARK, true));
-        }
-    }
-
-    /// The ids tracing-opentelemetry gave this span, if it runs.
-    fn otel_ids(&self, id: &Id) -> Option<(u128, u64)> {
-        if self.otel_checked.load(Ordering::Relaxed) && !self.otel_pipeline.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        self.otel_checked.store(true, Ordering::Relaxed);
-        let context = self.otel_context(id)?;
-        let span = context.span();
-        let span_context = span.span_context();
-        if !span_context.is_valid() {
-            return None;
-        }
-        self.otel_pipeline.store(true, Ordering::Relaxed);
-        Some(super::otel_ids(span_context))
-    }
-
-    /// tracing-opentelemetry's context of this span (its OpenTelemetry
-    /// span), if it runs. Must be called with no extensions of the span
-    /// borrowed: it may lock them (tracing-opentelemetry's documented rule).
-    fn otel_context(&self, id: &Id) -> Option<opentelemetry::Context> {
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        tracing_opentelemetry::get_otel_context(id, &dispatch)
-    }
 }
 
 /// Publishes `context` (or "no span") for this thread's samples.
 fn publish(context: Option<&SpanContext>) -> crate::sampler::span_context::Published {
     crate::sampler::span_context::publish_for_current_thread(context)
-}
-
-/// A non-zero random 64-bit id, from this thread's generator.
-fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let mut rng = state.get().unwrap_or_else(SplitMix64::seeded);
-        let id = rng.next_u64();
-        state.set(Some(rng));
-        id.max(1)
-    })
-}
-
-fn random_span_id() -> u64 {
-    random_u64()
-}
-
-fn random_trace_id() -> u128 {
-    (u128::from(random_u64()) << 64) | u128::from(random_u64())
-}
-
-/// Turns span fields into attributes; honours tracing-opentelemetry's
-/// `otel.name`, `otel.kind`, `otel.status_code` and `otel.status_message`.
-struct FieldRecorder<'a> {
-    record: &'a mut SpanRecord,
-    /// Whether the span may have the field already (values recorded after
-    /// creation), so that it must be looked for and replaced.
-    replacing: bool,
-}
-
-impl FieldRecorder<'_> {
-    /// Handles the `otel.*` fields; true if `field` was one.
-    fn special(&mut self, field: &Field, value: &dyn Fn() -> String) -> bool {
-        let record = &mut *self.record;
-        match field.name() {
-            "otel.name" => record.name = Cow::Owned(value()),
-            "otel.kind" => {
-                record.kind = match value().to_ascii_lowercase().as_str() {
-                    "server" => SpanKind::Server,
-                    "client" => SpanKind::Client,
-                    "producer" => SpanKind::Producer,
-                    "consumer" => SpanKind::Consumer,
-                    _ => SpanKind::Internal,
-                }
-            }
-            "otel.status_code" => {
-                record.status = match value().to_ascii_lowercase().as_str() {
-                    "error" => Status::error(""),
-                    "ok" => Status::Ok,
-                    _ => Status::Unset,
-                }
-            }
-            "otel.status_message" => {
-                if let Status::Error { .. } = record.status {
-                    record.status = Status::error(value());
-                }
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    /// The span's attributes, without `field` if it could be there already:
-    /// recorded before, or one of the `code.*` ones the record starts with.
-    fn attributes_without(&mut self, field: &Field) -> KeyValues<'_> {
-        if self.replacing || field.name().starts_with("code.") {
-            self.record.remove_attribute(field.name());
-        }
-        self.record.attributes()
-    }
-
-    fn set(&mut self, field: &Field, value: Value) {
-        if !self.special(field, &|| value.as_str().into_owned()) {
-            self.attributes_without(field).value(field.name(), &value);
-        }
-    }
-}
-
-impl Visit for FieldRecorder<'_> {
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(v) => self.set(field, Value::I64(v)),
-            Err(_) => self.record_debug(field, &value),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field, Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field, Value::Bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.special(field, &|| value.to_owned()) {
-            self.attributes_without(field).str(field.name(), value);
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        if !self.special(field, &|| format!("{value:?}")) {
-            self.attributes_without(field).debug(field.name(), value);
-        }
-    }
-}
-
-/// An event's message, and its other fields as attributes.
-struct EventFields<'a, 'b> {
-    attributes: &'a mut KeyValues<'b>,
-    message: Option<String>,
-}
-
-impl Visit for EventFields<'_, '_> {
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.attributes.value(field.name(), &Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(v) => self.record_i64(field, v),
-            Err(_) => self.record_debug(field, &value),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.attributes.value(field.name(), &Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.attributes.value(field.name(), &Value::Bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message = Some(value.to_owned()),
-            name => self.attributes.str(name, value),
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        match field.name() {
-            "message" => self.message = Some(format!("{value:?}")),
-            name => self.attributes.debug(name, value),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,13 @@
 //! per span is `collect::span_table`.
 
 pub(crate) mod attributes;
+mod fields;
 pub(crate) mod finished;
+mod ids;
 pub(crate) mod layer;
 pub(crate) mod processor;
 pub(crate) mod record;
+mod sampled;
 
 /// An OpenTelemetry span's (trace id, span id), as samples and the span
 /// table carry them.

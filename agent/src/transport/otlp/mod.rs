@@ -36,6 +36,9 @@
 
 mod client;
 mod encode;
+mod grpc;
+mod http;
+mod retry;
 #[cfg(feature = "tls")]
 mod tls;
 
