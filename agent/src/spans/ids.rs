@@ -59,7 +59,7 @@ impl OtelPipeline {
             return None;
         }
         self.seen.store(true, Ordering::Relaxed);
-        Some(super::otel_ids(span_context))
+        Some(otel_ids(span_context))
     }
 
     /// tracing-opentelemetry's context of this span (its OpenTelemetry
@@ -118,4 +118,13 @@ pub(super) mod mint {
             assert_ne!(trace, trace_id());
         }
     }
+}
+
+/// An OpenTelemetry span's (trace id, span id), as samples and the span
+/// table carry them.
+pub(crate) fn otel_ids(context: &opentelemetry::trace::SpanContext) -> (u128, u64) {
+    (
+        u128::from_be_bytes(context.trace_id().to_bytes()),
+        u64::from_be_bytes(context.span_id().to_bytes()),
+    )
 }

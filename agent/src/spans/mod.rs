@@ -1,11 +1,15 @@
 //! Span-aware profiling: which span each sample was taken in.
 //!
 //! * [`layer`]: the `tracing` layer that publishes it on every span enter
-//!   and exit, with OpenTelemetry ids (shared with tracing-opentelemetry when
-//!   it runs, minted otherwise), and hands finished spans to the exporter.
+//!   and exit, and hands finished spans to the exporter;
+//!   * `ids`: their OpenTelemetry ids, shared with tracing-opentelemetry
+//!     when it runs, minted otherwise;
+//!   * `sampled`: the mark on spans a sample may have been credited to;
+//!   * `fields`: what the layer records of span and event fields.
 //! * [`record`]: a span's fields, written in OTLP wire form as the layer
 //!   records them.
 //! * [`finished`]: the bounded queue from the layer to the exporter.
+//! * [`attributes`]: the `profile.*` attributes, named and written once.
 //! * [`processor`]: profile attributes for spans of the user's own
 //!   OpenTelemetry pipeline.
 //!
@@ -22,11 +26,4 @@ pub(crate) mod processor;
 pub(crate) mod record;
 mod sampled;
 
-/// An OpenTelemetry span's (trace id, span id), as samples and the span
-/// table carry them.
-pub(crate) fn otel_ids(context: &opentelemetry::trace::SpanContext) -> (u128, u64) {
-    (
-        u128::from_be_bytes(context.trace_id().to_bytes()),
-        u64::from_be_bytes(context.span_id().to_bytes()),
-    )
-}
+pub(crate) use ids::otel_ids;

@@ -8,7 +8,8 @@
 //! tracing-opentelemetry pipeline, through `ProfilingSpanProcessor`).
 //!
 //! Our own spans are encoded straight into OTLP protobuf (`encode.rs`) and
-//! sent over HTTP/protobuf or gRPC (`client.rs`) from a private
+//! sent over HTTP/protobuf (`http.rs`) or gRPC (`grpc.rs`), retried as
+//! `retry.rs` classifies failures, from a private
 //! single-threaded tokio runtime owned by this thread. A collector that is
 //! down or slow stalls only this thread, for at most the export timeout per
 //! request; meanwhile the queue fills and further spans are dropped and
