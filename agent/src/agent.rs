@@ -141,6 +141,7 @@ mod running {
     use crate::sampler::unwind::{ScratchPool, UnwindTables};
     use crate::transport::http::HttpServer;
     use crate::transport::otlp::SpanWorker;
+    use crate::transport::push::PushWorker;
     use crate::{Error, Profile, Stats};
 
     /// The base of flame graph links in exported spans: the configured public
@@ -208,6 +209,7 @@ mod running {
         profiler: Arc<Profiler>,
         http: Option<HttpServer>,
         spans: Option<SpanWorker>,
+        push: Option<PushWorker>,
         stop: Arc<AtomicBool>,
         collector: Option<JoinHandle<()>>,
         pid: u32,
@@ -321,6 +323,7 @@ mod running {
                 own_threads: Arc::clone(&own_threads),
                 started: Instant::now(),
                 export: std::sync::OnceLock::new(),
+                push: std::sync::OnceLock::new(),
             });
             let started = HttpServer::start(
                 Arc::clone(&profiler),
@@ -334,11 +337,13 @@ mod running {
                     Arc::clone(&profiler),
                     profiler.config.otlp.clone(),
                     base,
-                    own_threads,
+                    Arc::clone(&own_threads),
                 )?;
-                Ok((http, spans))
+                let push =
+                    PushWorker::start(Arc::clone(&profiler), &profiler.config.push, own_threads)?;
+                Ok((http, spans, push))
             });
-            let (http, spans) = match started {
+            let (http, spans, push) = match started {
                 Ok(parts) => parts,
                 Err(error) => {
                     stop.store(true, Relaxed);
@@ -348,11 +353,15 @@ mod running {
                 }
             };
             profiler.set_export_counters(Arc::clone(&spans.counters));
+            if let Some(push) = &push {
+                profiler.set_push_counters(Arc::clone(&push.counters));
+            }
             guard.armed = false;
             Ok(Running {
                 profiler,
                 http,
                 spans: Some(spans),
+                push,
                 stop,
                 collector: Some(collector),
                 // SAFETY: getpid has no preconditions.
@@ -415,6 +424,7 @@ mod running {
                 std::mem::forget(self);
                 return false;
             }
+            drop(self.push.take());
             drop(self.spans.take());
             drop(self.http.take());
             self.stop.store(true, Relaxed);

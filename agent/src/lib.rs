@@ -78,7 +78,7 @@ pub use error::Error;
 pub use profile::{Frame, Profile, SampleView};
 pub use spans::layer::{SpanLayer, tracing_layer};
 pub use spans::processor::ProfilingSpanProcessor;
-pub use stats::{DroppedSamples, SpanStats, Stats};
+pub use stats::{DroppedSamples, PushStats, SpanStats, Stats};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

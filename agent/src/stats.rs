@@ -64,6 +64,101 @@ pub struct Stats {
     pub uptime: Duration,
     /// Span export.
     pub spans: SpanStats,
+    /// Continuous profiles pushed to Pyroscope.
+    pub push: PushStats,
+}
+
+/// What became of the profiles of each interval on their way to Pyroscope
+/// (`PYROSCOPE_SERVER_ADDRESS`). An interval is one push request: the
+/// profile of each kind the agent keeps, over one `SMOLDER_PUSH_INTERVAL`.
+/// Every interval ends up pushed, dropped or failed, or is still queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PushStats {
+    /// Whether a push destination is configured.
+    pub enabled: bool,
+    /// Intervals the server accepted.
+    pub pushed: u64,
+    /// Profiles in them (one per kind per interval).
+    pub profiles_pushed: u64,
+    /// Request bytes the server accepted.
+    pub bytes_pushed: u64,
+    /// Intervals dropped unsent, oldest first, because the queue was full
+    /// (the server down or slow for longer than the queue holds), or
+    /// because the agent stopped with them queued.
+    pub dropped: u64,
+    /// Intervals the server refused for good (a status other than 429,
+    /// 502, 503, 504), or that could not be encoded.
+    pub failed: u64,
+    /// Requests sent again after a refusal the server meant for now, or no
+    /// answer.
+    pub retries: u64,
+    /// Why the latest request failed, while pushing is failing (none once
+    /// one goes through).
+    pub last_error: Option<String>,
+    /// Intervals waiting to be sent.
+    pub queue_intervals: usize,
+    /// Bytes of the requests waiting to be sent.
+    pub queue_bytes: usize,
+    /// The most intervals the queue holds: one more drops the oldest.
+    pub queue_max_intervals: usize,
+    /// The most request bytes the queue holds: more drop the oldest.
+    pub queue_max_bytes: usize,
+    /// CPU time used by the push thread (building, encoding and sending
+    /// profiles); part of `agent_threads_cpu`.
+    pub cpu: Duration,
+}
+
+/// The push thread's counters (one set per running agent).
+#[derive(Default)]
+pub(crate) struct PushCounters {
+    pub(crate) pushed: AtomicU64,
+    pub(crate) profiles_pushed: AtomicU64,
+    pub(crate) bytes_pushed: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) queue_intervals: AtomicU64,
+    pub(crate) queue_bytes: AtomicU64,
+    /// The queue's bounds, fixed when the push starts.
+    pub(crate) queue_max_intervals: usize,
+    pub(crate) queue_max_bytes: usize,
+    /// The push thread's kernel id, once it runs (0 before): its CPU is
+    /// read from its clock.
+    pub(crate) tid: std::sync::atomic::AtomicI32,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl PushStats {
+    /// The push's account from its counters (`None`: not configured).
+    pub(crate) fn read(
+        counters: Option<&PushCounters>,
+        cpu: impl FnOnce(i32) -> Option<Duration>,
+    ) -> PushStats {
+        let Some(c) = counters else {
+            return PushStats::default();
+        };
+        let tid = c.tid.load(Relaxed);
+        PushStats {
+            enabled: true,
+            pushed: c.pushed.load(Relaxed),
+            profiles_pushed: c.profiles_pushed.load(Relaxed),
+            bytes_pushed: c.bytes_pushed.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            retries: c.retries.load(Relaxed),
+            last_error: crate::sync::lock(&c.last_error).clone(),
+            queue_intervals: c.queue_intervals.load(Relaxed) as usize,
+            queue_bytes: c.queue_bytes.load(Relaxed) as usize,
+            queue_max_intervals: c.queue_max_intervals,
+            queue_max_bytes: c.queue_max_bytes,
+            cpu: if tid == 0 {
+                Duration::ZERO
+            } else {
+                cpu(tid).unwrap_or_default()
+            },
+        }
+    }
 }
 
 /// What became of spans recorded by the tracing layer.

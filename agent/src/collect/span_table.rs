@@ -190,6 +190,7 @@ mod tests {
             ancestors,
             local_root: root,
             name: "span",
+            root_name: "root",
         }
     }
 

@@ -21,6 +21,10 @@ use crate::sampler::clock::monotonic_now_ns;
 
 /// Distinct (stack, thread) entries one capture may hold.
 const CAPTURE_ENTRIES: usize = 32 * 1024;
+/// Interval captures the push may hold at once: the interval being
+/// finished and the next one, registered an interval ahead so that no
+/// sample falls between them.
+pub(crate) const MAX_INTERVAL_CAPTURES: usize = 2;
 
 /// Aggregation state shared between the collector and readers.
 pub(crate) struct Store {
@@ -33,6 +37,11 @@ pub(crate) struct StoreState {
     pub(crate) stacks: StackTable,
     pub(crate) threads: ThreadTable,
     pub(super) captures: Vec<Capture>,
+    /// The ids among `captures` of the push's interval captures, which do
+    /// not count against [`MAX_CAPTURES`]: the push holds at most
+    /// [`MAX_INTERVAL_CAPTURES`], and HTTP and `record` callers keep all of
+    /// theirs.
+    interval_captures: Vec<u64>,
     next_capture_id: u64,
     capture_capacity: usize,
     /// Every record stamped before this (monotonic ns) has been drained,
@@ -78,6 +87,7 @@ impl Store {
                 stacks: StackTable::with_capacity(stack_capacity),
                 threads: ThreadTable::with_capacity(crate::sampler::registry::MAX_THREADS * 4),
                 captures: Vec::new(),
+                interval_captures: Vec::new(),
                 next_capture_id: 1,
                 capture_capacity: CAPTURE_ENTRIES,
                 drained_through_ns: 0,
@@ -101,18 +111,26 @@ impl Store {
     /// Starts counting samples stamped in `[start_ns, end_ns)`.
     pub(crate) fn begin_capture(&self, start_ns: u64, end_ns: u64) -> Result<u64, TooManyCaptures> {
         let mut state = self.lock();
-        if state.captures.len() >= MAX_CAPTURES {
+        if state.captures.len() - state.interval_captures.len() >= MAX_CAPTURES {
             return Err(TooManyCaptures);
         }
-        let id = state.next_capture_id;
-        state.next_capture_id += 1;
-        let aggregate = Aggregate::with_capacity(state.capture_capacity);
-        state.captures.push(Capture {
-            id,
-            start_ns,
-            end_ns,
-            aggregate,
-        });
+        Ok(state.add_capture(start_ns, end_ns))
+    }
+
+    /// Starts counting samples stamped in `[start_ns, end_ns)` for the
+    /// push, outside the [`MAX_CAPTURES`] that callers share (at most
+    /// [`MAX_INTERVAL_CAPTURES`] of them).
+    pub(crate) fn begin_interval_capture(
+        &self,
+        start_ns: u64,
+        end_ns: u64,
+    ) -> Result<u64, TooManyCaptures> {
+        let mut state = self.lock();
+        if state.interval_captures.len() >= MAX_INTERVAL_CAPTURES {
+            return Err(TooManyCaptures);
+        }
+        let id = state.add_capture(start_ns, end_ns);
+        state.interval_captures.push(id);
         Ok(id)
     }
 
@@ -132,6 +150,7 @@ impl Store {
         let mut state = self.lock();
         let index = state.captures.iter().position(|c| c.id == id)?;
         let capture = state.captures.swap_remove(index);
+        state.interval_captures.retain(|&i| i != id);
         Some(state.expand(&capture.aggregate, filter))
     }
 
@@ -154,7 +173,9 @@ impl Store {
 
     /// Forgets a capture without reading it.
     pub(crate) fn cancel_capture(&self, id: u64) {
-        self.lock().captures.retain(|c| c.id != id);
+        let mut state = self.lock();
+        state.captures.retain(|c| c.id != id);
+        state.interval_captures.retain(|&i| i != id);
     }
 
     /// The samples of one span and everything inside it, if still tracked.
@@ -230,6 +251,20 @@ pub(crate) struct SpanResult {
 }
 
 impl StoreState {
+    /// Registers a capture of `[start_ns, end_ns)`; returns its id.
+    fn add_capture(&mut self, start_ns: u64, end_ns: u64) -> u64 {
+        let id = self.next_capture_id;
+        self.next_capture_id += 1;
+        let aggregate = Aggregate::with_capacity(self.capture_capacity);
+        self.captures.push(Capture {
+            id,
+            start_ns,
+            end_ns,
+            aggregate,
+        });
+        id
+    }
+
     /// Expands an aggregate's interned keys into addresses and thread info,
     /// keeping what `filter` admits.
     pub(crate) fn expand(&self, aggregate: &Aggregate, filter: &Filter) -> CaptureResult {

@@ -176,6 +176,14 @@ pub(super) const HISTORY_RESOLUTION: BoundedDuration = BoundedDuration {
     expected: "a duration from 1s to 10m, such as 10s",
 };
 
+pub(super) const PUSH_INTERVAL: BoundedDuration = BoundedDuration {
+    var: "SMOLDER_PUSH_INTERVAL",
+    setting: "push_interval",
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+    expected: "a duration from 1s to 5m, such as 10s",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use super::bounds::{
 };
 use super::env::{Env, default_service_name, parse_bool, parse_http_addr};
 use super::otlp::{self, OtlpProtocol};
+use super::push::{self, PushBuilder};
 use super::{Config, Engine, HttpSettings, OtlpTls, Unwinder};
 use crate::Error;
 
@@ -53,6 +54,7 @@ pub struct AgentBuilder {
     pub(crate) otlp_protocol: Option<OtlpProtocol>,
     pub(crate) otlp_tls: OtlpTls,
     pub(crate) http_public_url: Option<String>,
+    pub(crate) push: PushBuilder,
 }
 
 impl AgentBuilder {
@@ -236,6 +238,60 @@ impl AgentBuilder {
         self
     }
 
+    /// Pushes the profiles of every interval to this Grafana Pyroscope
+    /// server (`PYROSCOPE_SERVER_ADDRESS`, e.g. `http://pyroscope:4040`):
+    /// gzipped pprof to `{url}/push.v1.PusherService/Push`. See
+    /// `docs/fleet.md`.
+    pub fn pyroscope_url(mut self, url: impl Into<String>) -> Self {
+        self.push.pyroscope_url = Some(url.into());
+        self
+    }
+
+    /// How long each pushed profile covers (`SMOLDER_PUSH_INTERVAL`,
+    /// default `10s`, 1 s to 5 min).
+    pub fn push_interval(mut self, interval: Duration) -> Self {
+        self.push.interval = Some(interval);
+        self
+    }
+
+    /// The Pyroscope tenant (`PYROSCOPE_TENANT_ID`), sent as
+    /// `X-Scope-OrgID`.
+    pub fn pyroscope_tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.push.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// HTTP basic authentication for Pyroscope
+    /// (`PYROSCOPE_BASIC_AUTH_USER`, `PYROSCOPE_BASIC_AUTH_PASSWORD`).
+    pub fn pyroscope_basic_auth(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.push.basic_auth = Some((user.into(), password.into()));
+        self
+    }
+
+    /// A bearer token for Pyroscope (`PYROSCOPE_AUTH_TOKEN`).
+    pub fn pyroscope_auth_token(mut self, token: impl Into<String>) -> Self {
+        self.push.auth_token = Some(token.into());
+        self
+    }
+
+    /// Series labels for pushed profiles (`PYROSCOPE_LABELS=k=v,...`),
+    /// instead of the environment's; names are sanitised to Prometheus
+    /// style (`service.version` becomes `service_version`).
+    pub fn pyroscope_labels<K: Into<String>, V: Into<String>>(
+        mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.push.labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
     /// Merges defaults, environment and explicit settings, validating each.
     pub(crate) fn resolve(&self, env: &impl Env) -> Result<Config, Error> {
         let env_enabled = parse_bool(env, "SMOLDER_ENABLED")?;
@@ -305,6 +361,7 @@ impl AgentBuilder {
                 &self.otlp_tls,
                 env,
             )?,
+            push: push::resolve(&self.push, env)?,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! * `bounds`: the ranged settings, each with its variable and limits.
 //! * `env`: where variables come from, and the parsers they share.
 //! * `otlp`: span export settings from the `OTEL_*` variables.
+//! * `push`: where continuous profiles are pushed (`PYROSCOPE_*`), and how
+//!   often.
 //! * `builder`: [`AgentBuilder`] and the merge into a [`Config`].
 
 use std::net::SocketAddr;
@@ -19,12 +21,14 @@ mod builder;
 mod choices;
 mod env;
 mod otlp;
+mod push;
 
 pub use builder::AgentBuilder;
 pub use choices::{Engine, Unwinder};
 pub(crate) use env::ProcessEnv;
 pub use otlp::OtlpProtocol;
 pub(crate) use otlp::{OtlpSettings, OtlpTls};
+pub(crate) use push::{PushSettings, PyroscopeSettings};
 
 /// The sampling period, in nanoseconds, of a rate in samples per CPU-second.
 /// The one place the rate becomes a period: timers are armed with it and
@@ -50,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) http: HttpSettings,
     /// Where spans go; `None`: not exported.
     pub(crate) otlp: Option<OtlpSettings>,
+    /// Where continuous profiles are pushed, if anywhere.
+    pub(crate) push: PushSettings,
 }
 
 /// The HTTP endpoint's settings.

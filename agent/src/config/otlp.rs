@@ -273,7 +273,7 @@ fn redacted(raw: &str) -> String {
 
 /// `%XX` escapes to bytes; `None` for a broken escape or a result that is
 /// not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(super) fn percent_decode(text: &str) -> Option<String> {
     let mut bytes = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {

@@ -20,7 +20,7 @@ use crate::profile::{ProfileBuilder, ProfileKind, SpanSummary, samples_in};
 use crate::sampler::clock::monotonic_now_ns;
 use crate::sampler::counters::CostHistogram;
 use crate::sampler::shared::SamplerShared;
-use crate::stats::{DroppedSamples, ExportCounters, SpanStats};
+use crate::stats::{DroppedSamples, ExportCounters, PushCounters, PushStats, SpanStats};
 use crate::{Error, Profile, Stats};
 
 /// How long a capture waits for the collector beyond its window.
@@ -43,6 +43,8 @@ pub(crate) struct Profiler {
     pub(crate) started: Instant,
     /// The span exporter's counters, once it runs.
     pub(crate) export: std::sync::OnceLock<Arc<ExportCounters>>,
+    /// The profile push's counters, once it runs.
+    pub(crate) push: std::sync::OnceLock<Arc<PushCounters>>,
 }
 
 /// A capture in progress. Dropping it without [`Capture::finish`] cancels it
@@ -105,6 +107,38 @@ impl Profiler {
             frequency_hz: hz.unwrap_or(self.config.frequency_hz),
             filter,
             _rate: rate,
+            finished: false,
+        })
+    }
+
+    /// Starts counting the samples of `[start_ns, end_ns)` (monotonic
+    /// nanoseconds; the window may begin in the future) for the push: one
+    /// of the two interval captures, which leave callers' [`MAX_CAPTURES`] alone.
+    /// Samples keep their span labels, as in every capture.
+    pub(crate) fn begin_interval(
+        self: &Arc<Self>,
+        start_ns: u64,
+        end_ns: u64,
+    ) -> Result<Capture, CaptureError> {
+        let id = self
+            .store
+            .begin_interval_capture(start_ns, end_ns)
+            .map_err(|_| CaptureError::TooMany)?;
+        let (now_ns, now) = (monotonic_now_ns(), SystemTime::now());
+        let start = if start_ns >= now_ns {
+            now + Duration::from_nanos(start_ns - now_ns)
+        } else {
+            now - Duration::from_nanos(now_ns - start_ns)
+        };
+        Ok(Capture {
+            profiler: Arc::clone(self),
+            id,
+            start,
+            end_ns,
+            duration: Duration::from_nanos(end_ns.saturating_sub(start_ns)),
+            frequency_hz: self.config.frequency_hz,
+            filter: Filter::default(),
+            _rate: None,
             finished: false,
         })
     }
@@ -365,6 +399,9 @@ impl Profiler {
             history_span: self.history_reach(),
             uptime: self.started.elapsed(),
             spans: self.span_stats(),
+            push: PushStats::read(self.push.get().map(|c| &**c), |tid| {
+                crate::sampler::clock::thread_cpu(tid)
+            }),
         }
     }
 
@@ -379,6 +416,10 @@ impl Profiler {
 
     pub(crate) fn set_export_counters(&self, counters: Arc<ExportCounters>) {
         let _ = self.export.set(counters);
+    }
+
+    pub(crate) fn set_push_counters(&self, counters: Arc<PushCounters>) {
+        let _ = self.push.set(counters);
     }
 
     /// CPU used by the agent's own threads.

@@ -6,6 +6,11 @@
 //! are labelled `thread` (name) and `thread_id` (kernel id, numeric), with
 //! the span's ids and name and the profile's own labels when there are
 //! some, usable with `go tool pprof -tagfocus`.
+//!
+//! Which span a sample is labelled with depends on the reader
+//! ([`SpanLabels`]): the agent's own routes name the innermost span and
+//! its trace; profiles pushed to Pyroscope name the local root, the one
+//! span Grafana's traces-to-profiles looks up (see `transport::push`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -170,8 +175,23 @@ impl Strings {
     }
 }
 
-/// Builds the uncompressed message.
-pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
+/// Which span of a sample its labels name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanLabels {
+    /// `trace_id`, `span_id` and `span_name` of the innermost span: the
+    /// agent's own routes and `Profile::to_pprof`.
+    Innermost,
+    /// `span_id` and `span_name` of the local root (the outermost span of
+    /// the trace in this process), and no `trace_id`: what Pyroscope and
+    /// Grafana expect of pushed profiles (Pyroscope turns every text label
+    /// but `span_id` into a series label, so a `trace_id` would make a
+    /// series per trace; the root's span id already names it).
+    LocalRoot,
+}
+
+/// Builds the uncompressed message, with samples' spans labelled as
+/// `spans` says.
+pub(crate) fn to_message_labelled(profile: &Profile, spans: SpanLabels) -> proto::Profile {
     let mut strings = Strings::new();
     let value_type = |strings: &mut Strings, kind: &str, unit: &str| proto::ValueType {
         r#type: strings.intern(kind),
@@ -278,17 +298,29 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
                     str: strings.intern(value),
                     ..Default::default()
                 };
-                label.push(text(
-                    &mut strings,
-                    trace_id_key,
-                    &format!("{:032x}", span.trace_id),
-                ));
-                label.push(text(
-                    &mut strings,
-                    span_id_key,
-                    &format!("{:016x}", span.span_id),
-                ));
-                label.push(text(&mut strings, span_name_key, span.name));
+                match spans {
+                    SpanLabels::Innermost => {
+                        label.push(text(
+                            &mut strings,
+                            trace_id_key,
+                            &format!("{:032x}", span.trace_id),
+                        ));
+                        label.push(text(
+                            &mut strings,
+                            span_id_key,
+                            &format!("{:016x}", span.span_id),
+                        ));
+                        label.push(text(&mut strings, span_name_key, span.name));
+                    }
+                    SpanLabels::LocalRoot => {
+                        label.push(text(
+                            &mut strings,
+                            span_id_key,
+                            &format!("{:016x}", span.local_root),
+                        ));
+                        label.push(text(&mut strings, span_name_key, span.root_name));
+                    }
+                }
             }
             for extra in &s.labels {
                 let key = strings.intern(extra.key);
@@ -335,7 +367,13 @@ pub(crate) fn to_message(profile: &Profile) -> proto::Profile {
 
 /// Encodes and gzips `profile`.
 pub(crate) fn encode(profile: &Profile) -> Result<Vec<u8>, Error> {
-    let bytes = to_message(profile).encode_to_vec();
+    encode_labelled(profile, SpanLabels::Innermost)
+}
+
+/// Encodes and gzips `profile`, with samples' spans labelled as `spans`
+/// says.
+pub(crate) fn encode_labelled(profile: &Profile, spans: SpanLabels) -> Result<Vec<u8>, Error> {
+    let bytes = to_message_labelled(profile, spans).encode_to_vec();
     let mut gz = GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4 + 64),
         Compression::default(),

@@ -10,6 +10,14 @@
 //! | `profile.cpu_time_ms` | CPU time those samples stand for, in milliseconds |
 //! | `profile.top_functions` | the five hottest functions by self time, with their share |
 //! | `profile.flamegraph_url` | the agent's flame graph of the span |
+//!
+//! And on every local root span (the outermost span of a trace in this
+//! process, whose parent is absent or remote), `pyroscope.profile.id`: its
+//! own span id, 16 hex digits. Grafana's traces-to-profiles asks Pyroscope
+//! for the samples whose `span_id` label is that id; pushed profiles label
+//! every sample with its local root's id (`transport::push`), so the link
+//! opens the flame graph of the root's whole subtree in this process, as
+//! grafana/otel-profiling-go does for Go.
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanData;
@@ -24,6 +32,8 @@ pub(crate) mod name {
     pub(crate) const CPU_TIME_MS: &str = "profile.cpu_time_ms";
     pub(crate) const TOP_FUNCTIONS: &str = "profile.top_functions";
     pub(crate) const FLAMEGRAPH_URL: &str = "profile.flamegraph_url";
+    /// Grafana's name, not ours: see the module docs.
+    pub(crate) const PYROSCOPE_PROFILE_ID: &str = "pyroscope.profile.id";
 }
 
 /// Appends the profile attributes of one span as key-values, for spans on
@@ -57,6 +67,18 @@ pub(crate) fn push_profile_attributes(
         flamegraph_url_into(&mut url, base, trace_id, span_id);
         attributes.push(KeyValue::new(name::FLAMEGRAPH_URL, url));
     }
+    // A local root: no parent, or one in another process.
+    if span.parent_span_id == opentelemetry::trace::SpanId::INVALID || span.parent_span_is_remote {
+        let mut id = String::new();
+        profile_id_into(&mut id, span_id);
+        span.attributes
+            .push(KeyValue::new(name::PYROSCOPE_PROFILE_ID, id));
+    }
+}
+
+/// `pyroscope.profile.id`: the span id, 16 hex digits.
+pub(crate) fn profile_id_into(out: &mut String, span_id: u64) {
+    push_hex(out, u128::from(span_id), 16);
 }
 
 /// `profile.cpu_time_ms`: tenths of a millisecond, since finer would be

@@ -22,6 +22,9 @@ pub(crate) struct FinishedSpan {
     /// Whether a sample may have been credited to it; if not, its profile
     /// is empty and the collector need not be asked.
     pub(crate) sampled: bool,
+    /// Whether it is the outermost span of its trace in this process (it
+    /// then carries `pyroscope.profile.id`).
+    pub(crate) local_root: bool,
 }
 
 /// What the exporter enriches: our own spans, or spans from the user's

@@ -255,6 +255,7 @@ impl SpanLayer {
             ancestors,
             local_root: parent.map_or(span_id, |p| p.local_root),
             name: span.metadata().name(),
+            root_name: parent.map_or(span.metadata().name(), |p| p.root_name),
         };
         let mut extensions = span.extensions_mut();
         match extensions.get_mut::<SpanState>() {

@@ -131,6 +131,9 @@ impl SpanRecord {
             span_id: context.span_id,
             fields,
             sampled,
+            // The layer starts its own traces: a span without a parent is
+            // the local root.
+            local_root: parent == 0,
         }
     }
 }

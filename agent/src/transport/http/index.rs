@@ -37,6 +37,25 @@ struct StatsView<'a> {
     uptime_seconds: f64,
     http: Http,
     spans: Spans,
+    push: Push,
+}
+
+/// `Stats::push`: profiles pushed to Pyroscope.
+#[derive(Serialize)]
+struct Push {
+    enabled: bool,
+    pushed: u64,
+    profiles_pushed: u64,
+    bytes_pushed: u64,
+    dropped: u64,
+    failed: u64,
+    retries: u64,
+    last_error: Option<String>,
+    queue_intervals: usize,
+    queue_bytes: usize,
+    queue_max_intervals: usize,
+    queue_max_bytes: usize,
+    cpu_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -132,6 +151,21 @@ pub(crate) fn stats_json(stats: &Stats, http: &HttpCounters) -> String {
             dropped_queue_full: stats.spans.dropped_queue_full,
             dropped_no_exporter: stats.spans.dropped_no_exporter,
             tracked: stats.spans.tracked,
+        },
+        push: Push {
+            enabled: stats.push.enabled,
+            pushed: stats.push.pushed,
+            profiles_pushed: stats.push.profiles_pushed,
+            bytes_pushed: stats.push.bytes_pushed,
+            dropped: stats.push.dropped,
+            failed: stats.push.failed,
+            retries: stats.push.retries,
+            last_error: stats.push.last_error.clone(),
+            queue_intervals: stats.push.queue_intervals,
+            queue_bytes: stats.push.queue_bytes,
+            queue_max_intervals: stats.push.queue_max_intervals,
+            queue_max_bytes: stats.push.queue_max_bytes,
+            cpu_seconds: stats.push.cpu.as_secs_f64(),
         },
     };
     serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))

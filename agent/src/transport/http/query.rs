@@ -318,6 +318,28 @@ mod tests {
         );
     }
 
+    /// What Grafana Alloy's `pyroscope.scrape`, Pyroscope's and Parca's
+    /// scrapers send for a delta CPU profile on `/debug/pprof/profile`:
+    /// `seconds=` one less than the scrape interval (or the configured
+    /// profiling duration), and nothing else unless configured (`params`).
+    #[test]
+    fn what_profile_scrapers_send_is_accepted() {
+        let cpu_route = |query| {
+            parse_profile_query(query, LIMITS, Kinds::Only(ProfileKind::Cpu))
+                .unwrap_or_else(|e| panic!("{query}: {e}"))
+                .source
+        };
+        for (query, seconds) in [("seconds=14", 14), ("seconds=59", 59), ("seconds=9", 9)] {
+            assert_eq!(cpu_route(query), Source::Capture { seconds, hz: None });
+        }
+        // Go's own parameter for non-CPU profiles is refused, with the
+        // reason, rather than ignored: see docs/fleet.md.
+        assert!(
+            parse_profile_query("seconds=14&debug=0", LIMITS, Kinds::Only(ProfileKind::Cpu))
+                .is_err()
+        );
+    }
+
     #[test]
     fn the_profile_parameter_picks_a_kind_where_a_route_allows_one() {
         assert_eq!(ok("").kind, ProfileKind::Cpu);

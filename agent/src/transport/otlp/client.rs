@@ -11,15 +11,18 @@
 //! codes the specification lists as retryable, and for both a collector
 //! that could not be reached or did not answer in time. A delay the
 //! collector asks for (`Retry-After`, gRPC's `RetryInfo`) is passed on.
-//! `retry.rs` reads the statuses, codes and delays.
+//! `transport::outbound::retry` reads the statuses, codes and delays; the
+//! HTTP client itself is `transport::outbound::http`, shared with the
+//! profile push.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::grpc::GrpcTransport;
-use super::http::HttpTransport;
+pub(crate) use crate::transport::outbound::retry::{ExportError, Retry};
 use crate::config::{OtlpProtocol, OtlpSettings};
+use crate::transport::outbound::http::{Destination, HttpTransport};
 
 /// A way to the collector.
 pub(crate) enum Transport {
@@ -32,9 +35,30 @@ impl Transport {
     /// lazily, on the first export). Must run inside the span thread's
     /// runtime, which the gRPC channel's background task is spawned on.
     pub(crate) fn new(settings: &OtlpSettings) -> Result<Transport, String> {
+        Transport::for_service(settings, super::grpc::TRACE_EXPORT_PATH)
+    }
+
+    /// As [`Transport::new`], for the OTLP service whose gRPC `Export`
+    /// method is at `grpc_path` (the HTTP URL is the settings' endpoint).
+    pub(crate) fn for_service(
+        settings: &OtlpSettings,
+        grpc_path: &'static str,
+    ) -> Result<Transport, String> {
         match settings.protocol {
-            OtlpProtocol::HttpProtobuf => HttpTransport::new(settings).map(Transport::Http),
-            OtlpProtocol::Grpc => GrpcTransport::new(settings).map(Transport::Grpc),
+            OtlpProtocol::HttpProtobuf => HttpTransport::new(&Destination {
+                url: &settings.endpoint,
+                noun: "OTLP endpoint",
+                headers: std::iter::once(("content-type", "application/x-protobuf"))
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .chain(settings.headers.iter().cloned())
+                    .collect(),
+                gzip: settings.gzip,
+                tls: &settings.tls,
+            })
+            .map(Transport::Http),
+            OtlpProtocol::Grpc => {
+                GrpcTransport::new(settings, grpc_path).map(Transport::Grpc)
+            }
         }
     }
 
@@ -59,49 +83,6 @@ impl Transport {
                 )))
             })
     }
-}
-
-/// Why an export failed, and whether it may be tried again.
-#[derive(Debug)]
-pub(crate) struct ExportError {
-    /// What the collector did (or failed to do), in words for a log.
-    pub(crate) message: String,
-    pub(crate) retry: Retry,
-}
-
-/// What OTLP says to do with a request that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// The collector rejected the data: sending it again would not help.
-    Never,
-    /// Send it again after a backoff of the exporter's choosing.
-    Backoff,
-    /// Send it again no sooner than this, as the collector asked.
-    After(Duration),
-}
-
-impl ExportError {
-    pub(super) fn fatal(message: String) -> ExportError {
-        ExportError {
-            message,
-            retry: Retry::Never,
-        }
-    }
-
-    pub(super) fn retryable(message: String) -> ExportError {
-        ExportError {
-            message,
-            retry: Retry::Backoff,
-        }
-    }
-}
-
-/// Why an `https://` endpoint is refused by a build without TLS.
-pub(super) fn without_tls(endpoint: &str) -> String {
-    format!(
-        "cannot export to {endpoint}: smolder was built without its `tls` feature; \
-         enable it, or send to a collector over plain http"
-    )
 }
 
 #[cfg(test)]

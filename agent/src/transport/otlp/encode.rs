@@ -21,7 +21,9 @@ use opentelemetry::Value;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::profile::SpanSummary;
-use crate::spans::attributes::{cpu_time_ms, flamegraph_url_into, name, top_functions_into};
+use crate::spans::attributes::{
+    cpu_time_ms, flamegraph_url_into, name, profile_id_into, top_functions_into,
+};
 use crate::spans::finished::FinishedSpan;
 use crate::wire::{field, key_string, key_value, message, string};
 
@@ -119,6 +121,11 @@ impl RequestEncoder {
             text.clear();
             flamegraph_url_into(text, base, span.trace_id, span.span_id);
             key_string(profile, field::ATTRIBUTES, name::FLAMEGRAPH_URL, text);
+        }
+        if span.local_root {
+            text.clear();
+            profile_id_into(text, span.span_id);
+            key_string(profile, field::ATTRIBUTES, name::PYROSCOPE_PROFILE_ID, text);
         }
         // Everything the layer recorded, then the profile: a span's
         // attributes may be split around other fields (see `wire`).
@@ -405,12 +412,29 @@ mod tests {
         ];
         let (ours, official) = both_ways(&spans);
         assert_eq!(ours, official);
-        let attributes = &ours.resource_spans[0].scope_spans[0].spans[0].attributes;
+        let spans = &ours.resource_spans[0].scope_spans[0].spans;
+        let attributes = &spans[0].attributes;
         assert!(
             attributes
                 .iter()
                 .any(|kv| kv.key == "profile.top_functions")
         );
+        // The local root, and only it, says which profile is its own.
+        let profile_id = |span: &opentelemetry_proto::tonic::trace::v1::Span| {
+            span.attributes
+                .iter()
+                .filter(|kv| kv.key == "pyroscope.profile.id")
+                .map(|kv| kv.value.clone())
+                .collect::<Vec<_>>()
+        };
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+        assert_eq!(
+            profile_id(&spans[0]),
+            [Some(AnyValue {
+                value: Some(any_value::Value::StringValue("0000000000000001".into()))
+            })]
+        );
+        assert!(profile_id(&spans[1]).is_empty(), "a child span has none");
     }
 
     #[test]
@@ -448,7 +472,8 @@ mod tests {
                 .iter()
                 .any(|kv| kv.key == "profile.flamegraph_url")
         );
-        assert_eq!(attributes.len(), 4);
+        // The four from its samples, and its profile id (a local root).
+        assert_eq!(attributes.len(), 5);
     }
 
     fn any_value() -> impl Strategy<Value = Value> {

@@ -7,22 +7,29 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
-use super::client::{ExportError, without_tls};
-use super::retry;
+use super::client::ExportError;
 use crate::config::OtlpSettings;
+use crate::transport::outbound::{retry, without_tls};
 
 /// The trace service's one method.
-const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub(crate) const TRACE_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// OTLP/gRPC: tonic's channel (one HTTP/2 connection, reconnected when it
-/// drops) calling `TraceService/Export` with the request as encoded.
+/// drops) calling a service's `Export` (`TraceService/Export` for spans)
+/// with the request as encoded.
 pub(crate) struct GrpcTransport {
     client: tonic::client::Grpc<Channel>,
     metadata: MetadataMap,
+    /// The `Export` method called.
+    path: &'static str,
 }
 
 impl GrpcTransport {
-    pub(super) fn new(settings: &OtlpSettings) -> Result<GrpcTransport, String> {
+    pub(super) fn new(
+        settings: &OtlpSettings,
+        path: &'static str,
+    ) -> Result<GrpcTransport, String> {
         let secure = settings.endpoint.starts_with("https:");
         // Said now, once, rather than by every export failing the same way.
         if secure && !cfg!(feature = "tls") {
@@ -41,7 +48,7 @@ impl GrpcTransport {
         #[cfg(feature = "tls")]
         if secure {
             endpoint = endpoint
-                .tls_config(super::tls::grpc_config(&settings.tls)?)
+                .tls_config(crate::transport::outbound::tls::grpc_config(&settings.tls)?)
                 .map_err(|e| format!("TLS set-up for {}: {e}", settings.endpoint))?;
         }
         let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
@@ -56,7 +63,11 @@ impl GrpcTransport {
                 .map_err(|e| format!("OTLP header {name} value: {e}"))?;
             metadata.insert(key, value);
         }
-        Ok(GrpcTransport { client, metadata })
+        Ok(GrpcTransport {
+            client,
+            metadata,
+            path,
+        })
     }
 
     pub(super) async fn export(&mut self, request: Bytes) -> Result<(), ExportError> {
@@ -67,7 +78,7 @@ impl GrpcTransport {
         let mut call = tonic::Request::new(request);
         *call.metadata_mut() = self.metadata.clone();
         self.client
-            .unary::<_, (), _>(call, PathAndQuery::from_static(GRPC_EXPORT_PATH), Encoded)
+            .unary::<_, (), _>(call, PathAndQuery::from_static(self.path), Encoded)
             .await
             .map(drop)
             .map_err(|status| ExportError {

@@ -8,8 +8,9 @@
 //! tracing-opentelemetry pipeline, through `ProfilingSpanProcessor`).
 //!
 //! Our own spans are encoded straight into OTLP protobuf (`encode.rs`) and
-//! sent over HTTP/protobuf (`http.rs`) or gRPC (`grpc.rs`), retried as
-//! `retry.rs` classifies failures, from a private
+//! sent over HTTP/protobuf (the shared client, `transport::outbound::http`)
+//! or gRPC (`grpc.rs`), retried as `transport::outbound::retry` classifies
+//! failures, from a private
 //! single-threaded tokio runtime owned by this thread. A collector that is
 //! down or slow stalls only this thread, for at most the export timeout per
 //! request; meanwhile the queue fills and further spans are dropped and
@@ -35,13 +36,9 @@
 //! | `profile.top_functions` | the five hottest functions by self time, with their share |
 //! | `profile.flamegraph_url` | the agent's flame graph of the span |
 
-mod client;
+pub(crate) mod client;
 mod encode;
-mod grpc;
-mod http;
-mod retry;
-#[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod grpc;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +60,7 @@ use crate::sampler::threads;
 use crate::spans::attributes;
 use crate::spans::finished::{self, Pending, QUEUE_CAPACITY};
 use crate::stats::ExportCounters;
+use crate::transport::outbound::retry::Backoff;
 
 /// Spans sent in one export request, at most (the OpenTelemetry SDK's
 /// default batch size).
@@ -77,11 +75,6 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// tick, this drains 40 000 spans a second.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-/// First wait before sending a refused request again; it doubles with
-/// each refusal (with jitter, so that a fleet restarted together does not
-/// retry in step), up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a refused request is kept trying before its spans are given up.
 /// With the queue and the batch holding 8 192 spans more, this rides out a
 /// collector restart without letting a long outage hold memory.
@@ -168,41 +161,12 @@ struct BatchBuffers {
     summaries: Vec<SpanSummary>,
 }
 
-/// A request refused for now, waiting to be sent again.
+/// A request refused for now, waiting to be sent again (with the shared
+/// jittered backoff, `transport::outbound::retry`).
 struct HeldRequest {
     request: Bytes,
     spans: u64,
-    /// When it was first refused: it is given up [`RETRY_FOR`] later.
-    first_refused: Instant,
-    /// The backoff after the latest refusal.
-    backoff: Duration,
-    next_try: Instant,
-}
-
-impl HeldRequest {
-    /// When to try again after a refusal: as asked (within the give-up
-    /// time), or after the next backoff step with up to ±25 % jitter.
-    fn schedule(&mut self, retry: client::Retry, now: Instant) {
-        let wait = match retry {
-            client::Retry::After(asked) => asked,
-            _ => {
-                let wait = jitter(self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                wait
-            }
-        };
-        self.next_try = now + wait;
-    }
-
-    fn expired(&self) -> bool {
-        self.next_try.duration_since(self.first_refused) > RETRY_FOR
-    }
-}
-
-/// `wait` scaled by a factor between 0.75 and 1.25.
-fn jitter(wait: Duration) -> Duration {
-    let permille = 750 + crate::sampler::random::SplitMix64::seeded().below(501);
-    wait * permille as u32 / 1000
+    backoff: Backoff,
 }
 
 impl Worker {
@@ -271,7 +235,7 @@ impl Worker {
         let Some(held) = exporter.held.as_mut() else {
             return false;
         };
-        if Instant::now() < held.next_try {
+        if !held.backoff.due(Instant::now()) {
             return true;
         }
         self.counters.export_retries.fetch_add(1, Ordering::Relaxed);
@@ -286,8 +250,8 @@ impl Worker {
         match result {
             Ok(()) => self.exported(spans),
             Err(error) if error.retry != client::Retry::Never => {
-                held.schedule(error.retry, Instant::now());
-                let expired = held.expired();
+                held.backoff.schedule(error.retry, Instant::now());
+                let expired = held.backoff.expired(RETRY_FOR);
                 self.report(error);
                 if !expired {
                     return true;
@@ -416,16 +380,11 @@ impl Worker {
         match runtime.block_on(transport.export(&request, *timeout)) {
             Ok(()) => self.exported(spans),
             Err(error) if error.retry != client::Retry::Never => {
-                let now = Instant::now();
-                let mut held = HeldRequest {
+                exporter.held = Some(HeldRequest {
                     request,
                     spans,
-                    first_refused: now,
-                    backoff: FIRST_BACKOFF,
-                    next_try: now,
-                };
-                held.schedule(error.retry, now);
-                exporter.held = Some(held);
+                    backoff: Backoff::first(error.retry, Instant::now()),
+                });
                 self.report(error);
                 return;
             }

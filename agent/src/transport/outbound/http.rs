@@ -1,6 +1,8 @@
-//! OTLP/HTTP: protobuf bodies posted with hyper over one HTTP/1.1
-//! connection, kept alive between exports and opened again when the
-//! collector has closed it.
+//! Request bodies posted with hyper over one HTTP/1.1 connection, kept
+//! alive between requests and opened again when the server has closed it.
+//! Used for OTLP/HTTP (spans, profiles) and Pyroscope's Connect API alike:
+//! what differs is the URL, the headers and the names in messages
+//! ([`Destination`]).
 
 use std::time::Duration;
 
@@ -10,17 +12,35 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{HeaderMap, Request, Uri};
 use hyper_util::rt::TokioIo;
 
-use super::client::{ExportError, without_tls};
-use super::retry;
-use crate::config::OtlpSettings;
+use super::retry::{self, ExportError};
+use super::without_tls;
+use crate::config::OtlpTls;
 
 /// Largest response body read (collectors answer with a few bytes).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// OTLP/HTTP with protobuf bodies, over one kept-alive connection.
+/// Where requests go and how they are made, resolved by the destination's
+/// own settings.
+pub(crate) struct Destination<'a> {
+    /// The whole URL requests are posted to.
+    pub(crate) url: &'a str,
+    /// What the server is called in messages, e.g. `OTLP endpoint`.
+    pub(crate) noun: &'static str,
+    /// Every header the requests carry but `host` (content type, the
+    /// user's, credentials), names lower case.
+    pub(crate) headers: Vec<(String, String)>,
+    /// Gzip each body and say so (`Content-Encoding: gzip`).
+    pub(crate) gzip: bool,
+    /// Certificates for an `https://` URL.
+    pub(crate) tls: &'a OtlpTls,
+}
+
+/// A POST client for one URL, over one kept-alive connection.
 pub(crate) struct HttpTransport {
     /// The endpoint as configured, for messages.
     uri: Uri,
+    /// What the server is called in messages.
+    noun: &'static str,
     /// The request target sent on the wire: the endpoint's path and query
     /// only (origin form, RFC 9112 §3.2.1), since the request goes to the
     /// collector itself, not through a proxy; the authority is in `Host`.
@@ -54,24 +74,27 @@ impl Drop for Connection {
 }
 
 impl HttpTransport {
-    pub(super) fn new(settings: &OtlpSettings) -> Result<HttpTransport, String> {
-        let endpoint = &settings.endpoint;
+    pub(crate) fn new(destination: &Destination<'_>) -> Result<HttpTransport, String> {
+        let endpoint = destination.url;
+        let noun = destination.noun;
         let uri: Uri = endpoint
             .parse()
-            .map_err(|e| format!("the OTLP endpoint {endpoint:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("the {noun} {endpoint:?} is not a URL: {e}"))?;
         let secure = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             _ => {
                 return Err(format!(
-                    "the OTLP endpoint {endpoint:?} is neither http:// nor https://"
+                    "the {noun} {endpoint:?} is neither http:// nor https://"
                 ));
             }
         };
         if secure && !cfg!(feature = "tls") {
             return Err(without_tls(endpoint));
         }
-        let authority = uri.authority().ok_or("the OTLP endpoint has no host")?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("the {noun} has no host"))?;
         let target = origin_form(&uri);
         let address = (
             authority.host().trim_matches(['[', ']']).to_owned(),
@@ -81,40 +104,42 @@ impl HttpTransport {
         );
         #[cfg(feature = "tls")]
         let tls = match secure {
-            true => Some(super::tls::HttpTls::new(&settings.tls, &address.0)?),
+            true => Some(super::tls::HttpTls::new(destination.tls, &address.0)?),
             false => None,
         };
         let mut headers = HeaderMap::new();
         let mut insert = |name: &str, value: &str| -> Result<(), String> {
             let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| format!("OTLP header name {name:?}: {e}"))?;
+                .map_err(|e| format!("{noun} header name {name:?}: {e}"))?;
             let value = value
                 .parse()
-                .map_err(|e| format!("OTLP header {name} value: {e}"))?;
+                .map_err(|e| format!("{noun} header {name} value: {e}"))?;
             headers.insert(name, value);
             Ok(())
         };
         insert("host", authority.as_str())?;
-        insert("content-type", "application/x-protobuf")?;
-        if settings.gzip {
+        if destination.gzip {
             insert("content-encoding", "gzip")?;
         }
-        for (name, value) in &settings.headers {
+        for (name, value) in &destination.headers {
             insert(name, value)?;
         }
         Ok(HttpTransport {
             target,
             uri,
+            noun,
             address,
             headers,
-            gzip: settings.gzip,
+            gzip: destination.gzip,
             kept: None,
             #[cfg(feature = "tls")]
             tls,
         })
     }
 
-    pub(super) async fn export(&mut self, request: &Bytes) -> Result<(), ExportError> {
+    /// Posts one body and reads the whole answer: `Ok` for a 2xx status,
+    /// otherwise what the status means for a retry.
+    pub(crate) async fn export(&mut self, request: &Bytes) -> Result<(), ExportError> {
         let body = if self.gzip {
             Bytes::from(gzip(request).map_err(ExportError::fatal)?)
         } else {
@@ -143,15 +168,15 @@ impl HttpTransport {
             .await
             .map_err(|e| {
                 ExportError::retryable(format!(
-                    "cannot connect to the OTLP endpoint {}: {e}",
-                    self.uri
+                    "cannot connect to the {} {}: {e}",
+                    self.noun, self.uri
                 ))
             })?;
         let _ = stream.set_nodelay(true);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let stream = tls.connect(stream).await.map_err(|e| {
-                let message = format!("TLS with the OTLP endpoint {} failed: {e}", self.uri);
+                let message = format!("TLS with the {} {} failed: {e}", self.noun, self.uri);
                 // What TLS itself rejected (a certificate not trusted, no
                 // protocol in common) comes as invalid data and would be
                 // rejected again: not retried. A connection that broke
@@ -177,7 +202,9 @@ impl HttpTransport {
             .sender
             .send_request(post)
             .await
-            .map_err(|e| format!("the OTLP endpoint {} dropped the request: {e}", self.uri))?;
+            .map_err(|e| {
+                format!("the {} {} dropped the request: {e}", self.noun, self.uri)
+            })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -186,7 +213,7 @@ impl HttpTransport {
         Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("the OTLP endpoint's answer was cut short: {e}"))?;
+            .map_err(|e| format!("the {}'s answer was cut short: {e}", self.noun))?;
         Ok(Answer {
             status,
             retry_after,
@@ -201,7 +228,7 @@ impl HttpTransport {
             return Ok(());
         }
         Err(ExportError {
-            message: format!("the OTLP endpoint {} answered {status}", self.uri),
+            message: format!("the {} {} answered {status}", self.noun, self.uri),
             retry: retry::http_status(status, answer.retry_after),
         })
     }
@@ -243,7 +270,7 @@ where
 
 /// Fast compression: spans are repetitive text and shrink several times at
 /// the lowest level; higher levels cost the span thread more for little.
-fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),

@@ -1,12 +1,14 @@
-//! TLS for `https://` OTLP endpoints: whom to trust, and who we are.
+//! TLS for `https://` endpoints (OTLP collectors, Pyroscope): whom to
+//! trust, and who we are.
 //!
-//! The trusted authorities are those in `OTEL_EXPORTER_OTLP_CERTIFICATE`
-//! when it names a file, otherwise the system's (read once with
-//! rustls-native-certs, which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`).
-//! A client certificate and key are presented when both are configured.
-//! Every file is PEM and read when the exporter starts, on the span
-//! thread: a missing or unreadable one stops export with a message that
-//! names it (in the log and `/debug/pprof/stats`), and profiling goes on.
+//! The trusted authorities are those in the configured CA file (for OTLP,
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`) when there is one, otherwise the
+//! system's (read once with rustls-native-certs, which honours
+//! `SSL_CERT_FILE` and `SSL_CERT_DIR`). A client certificate and key are
+//! presented when both are configured. Every file is PEM and read when the
+//! sender starts, on its own thread: a missing or unreadable one stops
+//! that sender with a message that names it (in the log and
+//! `/debug/pprof/stats`), and profiling goes on.
 //!
 //! HTTP uses this configuration through tokio-rustls. gRPC goes through
 //! tonic's own rustls support, handed the same files.
@@ -22,14 +24,14 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
 use crate::config::OtlpTls;
 
 /// What an HTTP connection needs to open TLS to the collector.
-pub(super) struct HttpTls {
+pub(crate) struct HttpTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
 }
 
 impl HttpTls {
     /// A connector for `host` (the endpoint's host name or address).
-    pub(super) fn new(files: &OtlpTls, host: &str) -> Result<HttpTls, String> {
+    pub(crate) fn new(files: &OtlpTls, host: &str) -> Result<HttpTls, String> {
         let server_name = ServerName::try_from(host.to_owned()).map_err(|e| {
             format!(
                 "the OTLP endpoint's host {host:?} cannot be checked against a certificate: {e}"
@@ -43,7 +45,7 @@ impl HttpTls {
     }
 
     /// The TLS handshake over an open connection.
-    pub(super) async fn connect(
+    pub(crate) async fn connect(
         &self,
         stream: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
@@ -99,7 +101,7 @@ fn trusted_roots(files: &OtlpTls) -> Result<RootCertStore, String> {
                 return Err(
                     "no trusted certificate authorities: the system has none installed \
                             (Debian: the ca-certificates package); name a CA file with \
-                            OTEL_EXPORTER_OTLP_CERTIFICATE"
+                            OTEL_EXPORTER_OTLP_CERTIFICATE (OTLP) or SSL_CERT_FILE"
                         .to_owned(),
                 );
             }
@@ -132,7 +134,7 @@ fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, String
 /// tonic's TLS settings for a gRPC endpoint, from the same files. Each is
 /// parsed here too, so that a bad one is named now rather than by every
 /// connection attempt.
-pub(super) fn grpc_config(files: &OtlpTls) -> Result<tonic::transport::ClientTlsConfig, String> {
+pub(crate) fn grpc_config(files: &OtlpTls) -> Result<tonic::transport::ClientTlsConfig, String> {
     let mut config = tonic::transport::ClientTlsConfig::new();
     config = match &files.certificate {
         Some(path) => {
