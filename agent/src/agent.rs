@@ -354,7 +354,7 @@ mod running {
             };
             profiler.set_export_counters(Arc::clone(&spans.counters));
             if let Some(push) = &push {
-                profiler.set_push_counters(Arc::clone(&push.counters));
+                profiler.set_push_counters(push.pyroscope.clone(), push.otlp.clone());
             }
             guard.armed = false;
             Ok(Running {

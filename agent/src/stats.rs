@@ -66,10 +66,14 @@ pub struct Stats {
     pub spans: SpanStats,
     /// Continuous profiles pushed to Pyroscope.
     pub push: PushStats,
+    /// The same, to an OpenTelemetry Collector as OTLP profiles (cargo
+    /// feature `otlp-profiles`).
+    pub otlp_profiles: PushStats,
 }
 
-/// What became of the profiles of each interval on their way to Pyroscope
-/// (`PYROSCOPE_SERVER_ADDRESS`). An interval is one push request: the
+/// What became of the profiles of each interval on their way to one
+/// destination: Pyroscope (`PYROSCOPE_SERVER_ADDRESS`), or an OTLP
+/// collector. An interval is one push request: the
 /// profile of each kind the agent keeps, over one `SMOLDER_PUSH_INTERVAL`.
 /// Every interval ends up pushed, dropped or failed, or is still queued.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +81,9 @@ pub struct Stats {
 pub struct PushStats {
     /// Whether a push destination is configured.
     pub enabled: bool,
+    /// Intervals ended so far: each is pushed, dropped, failed, or still
+    /// queued.
+    pub intervals: u64,
     /// Intervals the server accepted.
     pub pushed: u64,
     /// Profiles in them (one per kind per interval).
@@ -105,13 +112,15 @@ pub struct PushStats {
     /// The most request bytes the queue holds: more drop the oldest.
     pub queue_max_bytes: usize,
     /// CPU time used by the push thread (building, encoding and sending
-    /// profiles); part of `agent_threads_cpu`.
+    /// profiles, for every destination: the same figure in each);
+    /// part of `agent_threads_cpu`.
     pub cpu: Duration,
 }
 
 /// The push thread's counters (one set per running agent).
 #[derive(Default)]
 pub(crate) struct PushCounters {
+    pub(crate) intervals: AtomicU64,
     pub(crate) pushed: AtomicU64,
     pub(crate) profiles_pushed: AtomicU64,
     pub(crate) bytes_pushed: AtomicU64,
@@ -141,6 +150,7 @@ impl PushStats {
         let tid = c.tid.load(Relaxed);
         PushStats {
             enabled: true,
+            intervals: c.intervals.load(Relaxed),
             pushed: c.pushed.load(Relaxed),
             profiles_pushed: c.profiles_pushed.load(Relaxed),
             bytes_pushed: c.bytes_pushed.load(Relaxed),

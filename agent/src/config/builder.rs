@@ -292,6 +292,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Sends each interval's profiles to an OpenTelemetry Collector as OTLP
+    /// profiles too (`SMOLDER_OTLP_PROFILES=on`, with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; or set
+    /// `OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT`). Needs the crate's
+    /// `otlp-profiles` feature: without it, `true` fails `start`.
+    pub fn otlp_profiles(mut self, on: bool) -> Self {
+        self.push.otlp_profiles = Some(on);
+        self
+    }
+
     /// Merges defaults, environment and explicit settings, validating each.
     pub(crate) fn resolve(&self, env: &impl Env) -> Result<Config, Error> {
         let env_enabled = parse_bool(env, "SMOLDER_ENABLED")?;

@@ -66,6 +66,52 @@ pub(crate) struct OtlpTls {
 /// The specification's default export timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One OTLP signal's variables: its own (`OTEL_EXPORTER_OTLP_<SIGNAL>_*`),
+/// which win over the general ones, and its HTTP path.
+pub(crate) struct Signal {
+    pub(crate) endpoint: &'static str,
+    pub(crate) protocol: &'static str,
+    pub(crate) headers: &'static str,
+    pub(crate) timeout: &'static str,
+    pub(crate) compression: &'static str,
+    pub(crate) certificate: &'static str,
+    pub(crate) client_certificate: &'static str,
+    pub(crate) client_key: &'static str,
+    /// `OTEL_<SIGNAL>_EXPORTER`, whose `none` turns the signal off.
+    pub(crate) exporter: &'static str,
+    /// Appended to the general endpoint for HTTP.
+    pub(crate) http_path: &'static str,
+}
+
+/// Spans.
+pub(crate) const TRACES: Signal = Signal {
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    certificate: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    exporter: "OTEL_TRACES_EXPORTER",
+    http_path: "/v1/traces",
+};
+
+/// Profiles (the `otlp-profiles` feature): `profiles/v1development`.
+#[cfg_attr(not(feature = "otlp-profiles"), allow(dead_code))]
+pub(crate) const PROFILES: Signal = Signal {
+    endpoint: "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_PROFILES_COMPRESSION",
+    certificate: "OTEL_EXPORTER_OTLP_PROFILES_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_PROFILES_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_PROFILES_CLIENT_KEY",
+    exporter: "OTEL_PROFILES_EXPORTER",
+    http_path: "/v1development/profiles",
+};
+
 /// The builder's choices, if any, over the environment's. `None`: spans
 /// are not exported (no endpoint anywhere, or OpenTelemetry disabled).
 pub(crate) fn resolve(
@@ -74,29 +120,34 @@ pub(crate) fn resolve(
     tls: &OtlpTls,
     env: &impl Env,
 ) -> Result<Option<OtlpSettings>, Error> {
+    resolve_signal(&TRACES, endpoint, protocol, tls, env)
+}
+
+/// As [`resolve`], for any signal: its own variables win over the general
+/// ones, and the general endpoint gets its HTTP path.
+pub(crate) fn resolve_signal(
+    signal: &Signal,
+    endpoint: Option<&str>,
+    protocol: Option<OtlpProtocol>,
+    tls: &OtlpTls,
+    env: &impl Env,
+) -> Result<Option<OtlpSettings>, Error> {
     let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
     let is_true = |name: &str| set(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     let is_none = |name: &str| set(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
-    if is_true("OTEL_SDK_DISABLED") || is_none("OTEL_TRACES_EXPORTER") {
+    if is_true("OTEL_SDK_DISABLED") || is_none(signal.exporter) {
         return Ok(None);
     }
-    // Which variable is in force: the traces one if set, else the general one.
-    let pick = |traces: &'static str, general: &'static str| {
-        if set(traces).is_some() {
-            traces
-        } else {
-            general
-        }
+    // Which variable is in force: the signal's own if set, else the general one.
+    let pick = |own: &'static str, general: &'static str| {
+        if set(own).is_some() { own } else { general }
     };
 
     let protocol = match protocol {
         Some(protocol) => protocol,
         None => parse_choice(
             env,
-            pick(
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ),
+            pick(signal.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"),
             "grpc or http/protobuf (http/json is not supported)",
             &[
                 ("grpc", OtlpProtocol::Grpc),
@@ -107,26 +158,23 @@ pub(crate) fn resolve(
     };
     let endpoint = match (
         endpoint,
-        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        set(signal.endpoint),
         set("OTEL_EXPORTER_OTLP_ENDPOINT"),
     ) {
         (Some(given), _, _) if protocol == OtlpProtocol::HttpProtobuf => {
-            http_traces_endpoint(given)
+            http_signal_endpoint(given, signal.http_path)
         }
         (Some(given), _, _) => given.trim().to_owned(),
         // The signal-specific URL is used as it is, for either protocol.
         (None, Some(traces), _) => traces.trim().to_owned(),
         (None, None, Some(base)) if protocol == OtlpProtocol::HttpProtobuf => {
-            format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+            format!("{}{}", base.trim().trim_end_matches('/'), signal.http_path)
         }
         (None, None, Some(base)) => base.trim().to_owned(),
         (None, None, None) => return Ok(None),
     };
 
-    let headers_var = pick(
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-    );
+    let headers_var = pick(signal.headers, "OTEL_EXPORTER_OTLP_HEADERS");
     let headers = match env.var(headers_var) {
         Some(raw) => parse_headers(&raw).ok_or_else(|| Error::InvalidEnvironment {
             var: headers_var,
@@ -139,10 +187,7 @@ pub(crate) fn resolve(
         None => Vec::new(),
     };
 
-    let timeout_var = pick(
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    );
+    let timeout_var = pick(signal.timeout, "OTEL_EXPORTER_OTLP_TIMEOUT");
     let timeout = match set(timeout_var) {
         Some(raw) => match raw.trim().parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -159,33 +204,25 @@ pub(crate) fn resolve(
 
     let gzip = parse_choice(
         env,
-        pick(
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-        ),
+        pick(signal.compression, "OTEL_EXPORTER_OTLP_COMPRESSION"),
         "gzip or none",
         &[("gzip", true), ("none", false)],
     )?
     .unwrap_or(false);
 
-    let path = |traces, general| set(pick(traces, general)).map(|p| PathBuf::from(p.trim()));
-    let certificate = tls.certificate.clone().or_else(|| {
-        path(
-            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        )
-    });
+    let path = |own, general| set(pick(own, general)).map(|p| PathBuf::from(p.trim()));
+    let certificate = tls
+        .certificate
+        .clone()
+        .or_else(|| path(signal.certificate, "OTEL_EXPORTER_OTLP_CERTIFICATE"));
     let client = match tls.client.clone() {
         Some(client) => Some(client),
         None => {
             let certificate_var = pick(
-                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                signal.client_certificate,
                 "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
             );
-            let key_var = pick(
-                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-            );
+            let key_var = pick(signal.client_key, "OTEL_EXPORTER_OTLP_CLIENT_KEY");
             match (set(certificate_var), set(key_var)) {
                 (Some(certificate), Some(key)) => {
                     Some((PathBuf::from(certificate.trim()), PathBuf::from(key.trim())))
@@ -223,8 +260,8 @@ fn alone(missing: &'static str, given: &'static str) -> Error {
     }
 }
 
-/// An HTTP endpoint given without a path gets the traces path.
-fn http_traces_endpoint(endpoint: &str) -> String {
+/// An HTTP endpoint given without a path gets the signal's path.
+fn http_signal_endpoint(endpoint: &str, signal_path: &str) -> String {
     let endpoint = endpoint.trim();
     let trimmed = endpoint.trim_end_matches('/');
     let has_path = trimmed
@@ -234,7 +271,7 @@ fn http_traces_endpoint(endpoint: &str) -> String {
     if has_path {
         endpoint.to_owned()
     } else {
-        format!("{trimmed}/v1/traces")
+        format!("{trimmed}{signal_path}")
     }
 }
 

@@ -19,7 +19,8 @@
 use std::time::Duration;
 
 use super::bounds::PUSH_INTERVAL;
-use super::env::Env;
+use super::env::{Env, parse_bool};
+use super::otlp::{self, OtlpSettings, OtlpTls};
 use crate::Error;
 
 /// The push's settings, resolved.
@@ -27,6 +28,9 @@ use crate::Error;
 pub(crate) struct PushSettings {
     /// Profiles of each interval go to Pyroscope, if set.
     pub(crate) pyroscope: Option<PyroscopeSettings>,
+    /// ... and to an OpenTelemetry Collector as OTLP profiles, if set
+    /// (only with the `otlp-profiles` feature).
+    pub(crate) otlp: Option<OtlpSettings>,
     /// One profile per source per interval of this length.
     pub(crate) interval: Duration,
 }
@@ -69,6 +73,9 @@ pub(crate) struct PushBuilder {
     pub(crate) basic_auth: Option<(String, String)>,
     pub(crate) auth_token: Option<String>,
     pub(crate) labels: Vec<(String, String)>,
+    /// OTLP profiles: `Some(true)` on, `Some(false)` off, `None`: as the
+    /// environment says.
+    pub(crate) otlp_profiles: Option<bool>,
 }
 
 /// Most series labels taken from the resource and `PYROSCOPE_LABELS`:
@@ -82,8 +89,63 @@ const MAX_VALUE_LEN: usize = 2048;
 
 /// The builder's choices over the environment's.
 pub(crate) fn resolve(given: &PushBuilder, env: &impl Env) -> Result<PushSettings, Error> {
-    let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
     let interval = PUSH_INTERVAL.resolve(given.interval, env, Duration::from_secs(10))?;
+    Ok(PushSettings {
+        pyroscope: resolve_pyroscope(given, env)?,
+        otlp: resolve_otlp_profiles(given, env)?,
+        interval,
+    })
+}
+
+/// OTLP profiles: on with `OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT`, or with
+/// `SMOLDER_OTLP_PROFILES=on` (or the builder's `otlp_profiles(true)`) and
+/// the general endpoint; settings as for spans, with the `..._PROFILES_*`
+/// variables winning over the general ones.
+fn resolve_otlp_profiles(
+    given: &PushBuilder,
+    env: &impl Env,
+) -> Result<Option<OtlpSettings>, Error> {
+    let asked = match given.otlp_profiles {
+        Some(on) => Some(on),
+        None => parse_bool(env, "SMOLDER_OTLP_PROFILES")?,
+    };
+    let own_endpoint = env
+        .var(otlp::PROFILES.endpoint)
+        .is_some_and(|v| !v.trim().is_empty());
+    if asked == Some(false) || (asked.is_none() && !own_endpoint) {
+        return Ok(None);
+    }
+    if !cfg!(feature = "otlp-profiles") {
+        // An endpoint variable alone may be meant for other processes
+        // sharing the environment; asking by name in a build that cannot
+        // is a mistake worth failing start for.
+        return match asked {
+            Some(true) => Err(Error::InvalidEnvironment {
+                var: "SMOLDER_OTLP_PROFILES",
+                value: "on".to_owned(),
+                expected: "off: this build of smolder lacks its `otlp-profiles` cargo feature",
+            }),
+            _ => Ok(None),
+        };
+    }
+    let settings = otlp::resolve_signal(&otlp::PROFILES, None, None, &OtlpTls::default(), env)?;
+    match settings {
+        Some(settings) => Ok(Some(settings)),
+        None if asked == Some(true) => Err(Error::InvalidEnvironment {
+            var: "SMOLDER_OTLP_PROFILES",
+            value: "on".to_owned(),
+            expected: "off, or an endpoint in OTEL_EXPORTER_OTLP_ENDPOINT or \
+                       OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT to send profiles to",
+        }),
+        None => Ok(None),
+    }
+}
+
+fn resolve_pyroscope(
+    given: &PushBuilder,
+    env: &impl Env,
+) -> Result<Option<PyroscopeSettings>, Error> {
+    let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
     let url = match &given.pyroscope_url {
         Some(url) => Some(check_url(url).map_err(|expected| Error::InvalidSetting {
             setting: "pyroscope_url",
@@ -102,10 +164,7 @@ pub(crate) fn resolve(given: &PushBuilder, env: &impl Env) -> Result<PushSetting
         },
     };
     let Some(url) = url else {
-        return Ok(PushSettings {
-            pyroscope: None,
-            interval,
-        });
+        return Ok(None);
     };
 
     let mut headers = Vec::new();
@@ -207,14 +266,11 @@ pub(crate) fn resolve(given: &PushBuilder, env: &impl Env) -> Result<PushSetting
         });
     }
 
-    Ok(PushSettings {
-        pyroscope: Some(PyroscopeSettings {
-            url,
-            headers,
-            labels,
-        }),
-        interval,
-    })
+    Ok(Some(PyroscopeSettings {
+        url,
+        headers,
+        labels,
+    }))
 }
 
 /// A Prometheus-style label name for `key`: every character but ASCII
@@ -491,6 +547,47 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn otlp_profiles_follow_the_signal_variables() {
+        let on = resolved(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("SMOLDER_OTLP_PROFILES", "on"),
+        ]);
+        let own = resolved(&[(
+            "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT",
+            "http://collector:4318/custom",
+        )]);
+        // The general endpoint alone sends spans, not profiles.
+        let spans_only = resolved(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]).unwrap();
+        assert!(spans_only.otlp.is_none());
+        let nowhere = resolved(&[("SMOLDER_OTLP_PROFILES", "on")]);
+        if cfg!(feature = "otlp-profiles") {
+            assert_eq!(
+                on.unwrap().otlp.unwrap().endpoint,
+                "http://collector:4318/v1development/profiles"
+            );
+            assert_eq!(
+                own.unwrap().otlp.unwrap().endpoint,
+                "http://collector:4318/custom"
+            );
+            let grpc = resolved(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL", "grpc"),
+                ("SMOLDER_OTLP_PROFILES", "true"),
+            ])
+            .unwrap()
+            .otlp
+            .unwrap();
+            assert_eq!(grpc.endpoint, "http://collector:4317");
+            assert!(nowhere.unwrap_err().to_string().contains("SMOLDER_OTLP_PROFILES"));
+        } else {
+            let error = on.unwrap_err().to_string();
+            assert!(error.contains("otlp-profiles"), "{error}");
+            assert!(own.unwrap().otlp.is_none(), "ignored without the feature");
+            assert!(nowhere.is_err());
         }
     }
 

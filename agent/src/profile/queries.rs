@@ -43,8 +43,9 @@ pub(crate) struct Profiler {
     pub(crate) started: Instant,
     /// The span exporter's counters, once it runs.
     pub(crate) export: std::sync::OnceLock<Arc<ExportCounters>>,
-    /// The profile push's counters, once it runs.
-    pub(crate) push: std::sync::OnceLock<Arc<PushCounters>>,
+    /// The profile push's counters, once it runs: Pyroscope's, and the
+    /// OTLP collector's.
+    pub(crate) push: std::sync::OnceLock<(Option<Arc<PushCounters>>, Option<Arc<PushCounters>>)>,
 }
 
 /// A capture in progress. Dropping it without [`Capture::finish`] cancels it
@@ -399,9 +400,14 @@ impl Profiler {
             history_span: self.history_reach(),
             uptime: self.started.elapsed(),
             spans: self.span_stats(),
-            push: PushStats::read(self.push.get().map(|c| &**c), |tid| {
-                crate::sampler::clock::thread_cpu(tid)
-            }),
+            push: PushStats::read(
+                self.push.get().and_then(|(c, _)| c.as_deref()),
+                crate::sampler::clock::thread_cpu,
+            ),
+            otlp_profiles: PushStats::read(
+                self.push.get().and_then(|(_, c)| c.as_deref()),
+                crate::sampler::clock::thread_cpu,
+            ),
         }
     }
 
@@ -418,8 +424,12 @@ impl Profiler {
         let _ = self.export.set(counters);
     }
 
-    pub(crate) fn set_push_counters(&self, counters: Arc<PushCounters>) {
-        let _ = self.push.set(counters);
+    pub(crate) fn set_push_counters(
+        &self,
+        pyroscope: Option<Arc<PushCounters>>,
+        otlp: Option<Arc<PushCounters>>,
+    ) {
+        let _ = self.push.set((pyroscope, otlp));
     }
 
     /// CPU used by the agent's own threads.

@@ -11,6 +11,8 @@ mod formats;
 mod hostile;
 mod http;
 mod http1;
+mod push;
+mod pyroscope;
 mod receiver;
 mod robustness;
 mod sampling;

@@ -11,15 +11,15 @@ use crate::formats::assert_well_formed_svg_naming;
 use crate::receiver::{Behaviour, GrpcReceiver, Pki, ReceivedSpan, Receiver};
 
 /// A running `traced` fixture.
-struct Traced {
+pub(crate) struct Traced {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
-    http_addr: String,
+    pub(crate) http_addr: String,
 }
 
 impl Traced {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Traced {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Traced {
         let mut command = Command::new(env!("CARGO_BIN_EXE_traced"));
         for (key, _) in std::env::vars() {
             if key.starts_with("SMOLDER_") || key.starts_with("OTEL_") {
@@ -54,7 +54,7 @@ impl Traced {
     }
 
     /// Asks a `steady` fixture how many requests it has finished.
-    fn rounds(&mut self) -> u64 {
+    pub(crate) fn rounds(&mut self) -> u64 {
         use std::io::Write as _;
         let stdin = self.stdin.as_mut().expect("stdin is open");
         writeln!(stdin).and_then(|()| stdin.flush()).unwrap();
@@ -67,7 +67,7 @@ impl Traced {
     }
 
     /// Closes stdin, waits, and returns the printed `key=value` lines.
-    fn finish(mut self) -> HashMap<String, String> {
+    pub(crate) fn finish(mut self) -> HashMap<String, String> {
         drop(self.stdin.take());
         let mut rest = String::new();
         self.stdout.read_to_string(&mut rest).unwrap();
@@ -89,7 +89,7 @@ impl Drop for Traced {
 }
 
 /// Fetches `url` (an `http://host:port/path` the agent produced) over TCP.
-fn fetch(url: &str) -> (u16, String) {
+pub(crate) fn fetch(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, target) = rest.split_at(rest.find('/').unwrap());
     let mut stream = std::net::TcpStream::connect(host).unwrap();

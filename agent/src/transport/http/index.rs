@@ -38,12 +38,14 @@ struct StatsView<'a> {
     http: Http,
     spans: Spans,
     push: Push,
+    otlp_profiles: Push,
 }
 
 /// `Stats::push`: profiles pushed to Pyroscope.
 #[derive(Serialize)]
 struct Push {
     enabled: bool,
+    intervals: u64,
     pushed: u64,
     profiles_pushed: u64,
     bytes_pushed: u64,
@@ -70,6 +72,27 @@ struct Spans {
     dropped_queue_full: u64,
     dropped_no_exporter: u64,
     tracked: usize,
+}
+
+impl Push {
+    fn of(push: &crate::PushStats) -> Push {
+        Push {
+            enabled: push.enabled,
+            intervals: push.intervals,
+            pushed: push.pushed,
+            profiles_pushed: push.profiles_pushed,
+            bytes_pushed: push.bytes_pushed,
+            dropped: push.dropped,
+            failed: push.failed,
+            retries: push.retries,
+            last_error: push.last_error.clone(),
+            queue_intervals: push.queue_intervals,
+            queue_bytes: push.queue_bytes,
+            queue_max_intervals: push.queue_max_intervals,
+            queue_max_bytes: push.queue_max_bytes,
+            cpu_seconds: push.cpu.as_secs_f64(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -152,21 +175,8 @@ pub(crate) fn stats_json(stats: &Stats, http: &HttpCounters) -> String {
             dropped_no_exporter: stats.spans.dropped_no_exporter,
             tracked: stats.spans.tracked,
         },
-        push: Push {
-            enabled: stats.push.enabled,
-            pushed: stats.push.pushed,
-            profiles_pushed: stats.push.profiles_pushed,
-            bytes_pushed: stats.push.bytes_pushed,
-            dropped: stats.push.dropped,
-            failed: stats.push.failed,
-            retries: stats.push.retries,
-            last_error: stats.push.last_error.clone(),
-            queue_intervals: stats.push.queue_intervals,
-            queue_bytes: stats.push.queue_bytes,
-            queue_max_intervals: stats.push.queue_max_intervals,
-            queue_max_bytes: stats.push.queue_max_bytes,
-            cpu_seconds: stats.push.cpu.as_secs_f64(),
-        },
+        push: Push::of(&stats.push),
+        otlp_profiles: Push::of(&stats.otlp_profiles),
     };
     serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

@@ -1,13 +1,17 @@
-//! Transport: continuous profiles pushed to Grafana Pyroscope, one
-//! interval at a time.
+//! Transport: continuous profiles pushed to Grafana Pyroscope (and, with
+//! the `otlp-profiles` feature, to an OpenTelemetry Collector as OTLP
+//! profiles), one interval at a time.
 //!
 //! The `smolder-push` thread (an agent thread: never sampled, its spans
 //! never traced) cuts time into back-to-back intervals of
 //! `SMOLDER_PUSH_INTERVAL` (10 s by default). Each interval's profile of
 //! every kind the agent keeps ([`sources`]: CPU today) is rendered as
-//! gzipped pprof and sent in one `push.v1.PushRequest` ([`pyroscope`]),
+//! gzipped pprof and sent in one `push.v1.PushRequest` (`pyroscope.rs`),
 //! over the shared HTTP/1.1 client (`transport::outbound::http`) on this
-//! thread's own current-thread runtime.
+//! thread's own current-thread runtime; for a collector, the same profiles
+//! go in one `ExportProfilesServiceRequest` (`otlp_profiles.rs`) over the
+//! span exporter's OTLP transports. Each destination has its own queue,
+//! backoff and counters: one that is down does not hold up the other.
 //!
 //! Continuity: a CPU interval is a capture registered one interval ahead
 //! of its end (`Profiler::begin_interval`), so every sample is counted in
@@ -34,17 +38,20 @@
 //! resumes by itself when the server answers again. Everything shows in
 //! `Stats::push` and `/debug/pprof/stats`.
 
+#[cfg(feature = "otlp-profiles")]
+mod otlp_profiles;
 mod pyroscope;
 mod queue;
 pub(crate) mod sources;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::Error;
+use bytes::Bytes;
+
 use crate::config::PushSettings;
 use crate::profile::queries::Profiler;
 use crate::render::pprof::{SpanLabels, encode_labelled};
@@ -53,10 +60,11 @@ use crate::sampler::threads;
 use crate::stats::PushCounters;
 use crate::transport::outbound::http::HttpTransport;
 use crate::transport::outbound::retry::{Backoff, ExportError, Retry};
+use crate::{Error, Profile};
 use queue::{IntervalQueue, MAX_QUEUED_BYTES, MAX_QUEUED_INTERVALS, Queued};
 use sources::IntervalSource;
 
-/// How often the thread looks at the clock, the queue and the stop flag.
+/// How often the thread looks at the clock, the queues and the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
 /// The push thread. Dropping it stops the thread; intervals still queued
@@ -64,7 +72,18 @@ const TICK: Duration = Duration::from_millis(100);
 pub(crate) struct PushWorker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub(crate) counters: Arc<PushCounters>,
+    /// Pyroscope's counters, if it is a destination.
+    pub(crate) pyroscope: Option<Arc<PushCounters>>,
+    /// The OTLP collector's, if it is one.
+    pub(crate) otlp: Option<Arc<PushCounters>>,
+}
+
+fn new_counters() -> Arc<PushCounters> {
+    Arc::new(PushCounters {
+        queue_max_intervals: MAX_QUEUED_INTERVALS,
+        queue_max_bytes: MAX_QUEUED_BYTES,
+        ..PushCounters::default()
+    })
 }
 
 impl PushWorker {
@@ -74,56 +93,44 @@ impl PushWorker {
         settings: &PushSettings,
         own_threads: Arc<Mutex<HashSet<i32>>>,
     ) -> Result<Option<PushWorker>, Error> {
-        let Some(pyroscope) = settings.pyroscope.clone() else {
+        if settings.pyroscope.is_none() && settings.otlp.is_none() {
             return Ok(None);
-        };
-        let counters = Arc::new(PushCounters {
-            queue_max_intervals: MAX_QUEUED_INTERVALS,
-            queue_max_bytes: MAX_QUEUED_BYTES,
-            ..PushCounters::default()
-        });
+        }
+        let pyroscope = settings.pyroscope.as_ref().map(|_| new_counters());
+        let otlp = settings.otlp.as_ref().map(|_| new_counters());
         let stop = Arc::new(AtomicBool::new(false));
         let (interval, timeout) = (settings.interval, settings.request_timeout());
         let thread = {
-            let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
+            let stop = Arc::clone(&stop);
+            let settings = settings.clone();
+            let counters = (pyroscope.clone(), otlp.clone());
             std::thread::Builder::new()
                 .name("smolder-push".into())
                 .stack_size(1 << 20)
                 .spawn(move || {
                     threads::enter_agent_thread(&own_threads);
-                    counters.tid.store(threads::current_tid(), Relaxed);
-                    let builder =
-                        pyroscope::RequestBuilder::new(&pyroscope, &profiler.config.service_name);
-                    let runtime = tokio::runtime::Builder::new_current_thread()
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
-                        .build();
-                    let transport = runtime.as_ref().map_err(|e| e.to_string()).and_then(|rt| {
-                        let _inside = rt.enter();
-                        pyroscope::transport(&pyroscope)
-                    });
-                    let (runtime, transport) = match (runtime, transport) {
-                        (Ok(runtime), Ok(transport)) => (runtime, transport),
-                        (_, Err(error)) => {
-                            tracing::warn!(%error, "smolder: cannot push profiles");
-                            *crate::sync::lock(&counters.last_error) = Some(error);
-                            return;
-                        }
-                        (Err(error), _) => {
-                            let error = error.to_string();
-                            *crate::sync::lock(&counters.last_error) = Some(error);
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            for c in [&counters.0, &counters.1].into_iter().flatten() {
+                                *crate::sync::lock(&c.last_error) = Some(error.to_string());
+                            }
                             return;
                         }
                     };
-                    let sources = sources::sources(&profiler);
+                    let destinations =
+                        destinations(&profiler, &settings, &runtime, counters.0, counters.1);
+                    if destinations.is_empty() {
+                        return;
+                    }
                     let mut worker = Worker {
-                        counters,
-                        sources,
-                        builder,
+                        sources: sources::sources(&profiler),
+                        destinations,
                         runtime,
-                        transport,
                         timeout,
-                        queue: IntervalQueue::default(),
-                        backoff: None,
                     };
                     worker.run(interval, &stop);
                 })
@@ -135,9 +142,61 @@ impl PushWorker {
         Ok(Some(PushWorker {
             stop,
             thread: Some(thread),
-            counters,
+            pyroscope,
+            otlp,
         }))
     }
+}
+
+/// Sets up each configured destination (on the push thread, inside its
+/// runtime); one that cannot be set up is reported in its counters and
+/// left out.
+fn destinations(
+    profiler: &Profiler,
+    settings: &PushSettings,
+    runtime: &tokio::runtime::Runtime,
+    pyroscope_counters: Option<Arc<PushCounters>>,
+    otlp_counters: Option<Arc<PushCounters>>,
+) -> Vec<Destination> {
+    let _inside = runtime.enter();
+    let tid = threads::current_tid();
+    let mut out = Vec::new();
+    let mut add = |counters: Arc<PushCounters>, made: Result<(Encoder, Transport), String>| {
+        counters.tid.store(tid, Relaxed);
+        match made {
+            Ok((encoder, transport)) => out.push(Destination {
+                encoder,
+                transport,
+                counters,
+                queue: IntervalQueue::default(),
+                backoff: None,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "smolder: cannot push profiles");
+                *crate::sync::lock(&counters.last_error) = Some(error);
+            }
+        }
+    };
+    if let (Some(settings), Some(counters)) = (&settings.pyroscope, pyroscope_counters) {
+        let builder = pyroscope::RequestBuilder::new(settings, &profiler.config.service_name);
+        let made = pyroscope::transport(settings)
+            .map(|transport| (Encoder::Pyroscope(builder), Transport::Http(transport)));
+        add(counters, made);
+    }
+    #[cfg(feature = "otlp-profiles")]
+    if let (Some(settings), Some(counters)) = (&settings.otlp, otlp_counters) {
+        let resource = crate::transport::otlp::own_resource(&profiler.config.service_name);
+        let encoder = otlp_profiles::ProfilesEncoder::new(&resource);
+        let made = crate::transport::otlp::client::Transport::for_service(
+            settings,
+            otlp_profiles::EXPORT_PATH,
+        )
+        .map(|transport| (Encoder::Otlp(encoder), Transport::Otlp(transport)));
+        add(counters, made);
+    }
+    #[cfg(not(feature = "otlp-profiles"))]
+    drop(otlp_counters);
+    out
 }
 
 impl Drop for PushWorker {
@@ -150,29 +209,96 @@ impl Drop for PushWorker {
     }
 }
 
-struct Worker {
+/// How a destination encodes an interval.
+enum Encoder {
+    Pyroscope(pyroscope::RequestBuilder),
+    #[cfg(feature = "otlp-profiles")]
+    Otlp(otlp_profiles::ProfilesEncoder),
+}
+
+impl Encoder {
+    /// One request for the interval's profiles.
+    fn request(&self, profiles: &[(&'static str, Profile)]) -> Result<Bytes, String> {
+        match self {
+            Encoder::Pyroscope(builder) => {
+                let mut encoded = Vec::with_capacity(profiles.len());
+                for (name, profile) in profiles {
+                    let pprof = encode_labelled(profile, SpanLabels::LocalRoot)
+                        .map_err(|e| e.to_string())?;
+                    encoded.push((*name, pprof));
+                }
+                Ok(builder.request(encoded))
+            }
+            #[cfg(feature = "otlp-profiles")]
+            Encoder::Otlp(encoder) => {
+                let profiles: Vec<&Profile> = profiles.iter().map(|(_, p)| p).collect();
+                Ok(encoder.request(&profiles))
+            }
+        }
+    }
+}
+
+/// How a destination sends.
+enum Transport {
+    Http(HttpTransport),
+    #[cfg(feature = "otlp-profiles")]
+    Otlp(crate::transport::otlp::client::Transport),
+}
+
+impl Transport {
+    async fn export(&mut self, request: &Bytes, timeout: Duration) -> Result<(), ExportError> {
+        let sending = async {
+            match self {
+                Transport::Http(http) => http.export(request).await,
+                #[cfg(feature = "otlp-profiles")]
+                Transport::Otlp(otlp) => otlp.export(request, timeout).await,
+            }
+        };
+        tokio::time::timeout(timeout, sending)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExportError::retryable(format!(
+                    "no answer within {timeout:?}"
+                )))
+            })
+    }
+}
+
+/// One place profiles go: its encoding, its connection, its queue.
+struct Destination {
+    encoder: Encoder,
+    transport: Transport,
     counters: Arc<PushCounters>,
-    sources: Vec<Box<dyn IntervalSource>>,
-    builder: pyroscope::RequestBuilder,
-    runtime: tokio::runtime::Runtime,
-    transport: HttpTransport,
-    timeout: Duration,
     queue: IntervalQueue,
     /// Set while the oldest interval waits to be sent again.
     backoff: Option<Backoff>,
 }
 
+struct Worker {
+    sources: Vec<Box<dyn IntervalSource>>,
+    destinations: Vec<Destination>,
+    runtime: tokio::runtime::Runtime,
+    timeout: Duration,
+}
+
 impl Worker {
     fn run(&mut self, interval: Duration, stop: &AtomicBool) {
         let length = interval.as_nanos() as u64;
-        let mut from = monotonic_now_ns();
-        let mut to = from + length;
-        for source in &mut self.sources {
-            source.prepare(from, to);
-            source.prepare(to, to + length);
+        // The windows being recorded, oldest first: the current interval
+        // and the next, each registered before it begins.
+        let start = monotonic_now_ns();
+        let mut windows = VecDeque::from([
+            (start, start + length),
+            (start + length, start + 2 * length),
+        ]);
+        for &(from, to) in &windows {
+            for source in &mut self.sources {
+                source.prepare(from, to);
+            }
         }
         while !stop.load(Relaxed) {
             let now = monotonic_now_ns();
+            let (from, to) = windows[0];
             if now < to {
                 self.send_if_due();
                 let until_end = Duration::from_nanos(to.saturating_sub(monotonic_now_ns()));
@@ -180,57 +306,90 @@ impl Worker {
                 continue;
             }
             // The interval [from, to) has ended: its profiles, then the
-            // interval after next, registered before it begins.
+            // window after the next one, registered before it begins.
+            windows.pop_front();
             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.interval_ended(from, to);
             }));
             if ended.is_err() {
-                self.counters.failed.fetch_add(1, Relaxed);
+                for destination in &self.destinations {
+                    destination.counters.failed.fetch_add(1, Relaxed);
+                }
             }
+            // It starts where the next one ends, unless this thread was
+            // held up for more than an interval (the process was stopped
+            // with SIGSTOP, say): then it starts now, and the time between
+            // belongs to no interval.
+            let next_end = windows.back().map_or(to, |&(_, end)| end);
+            let from = next_end.max(monotonic_now_ns());
+            windows.push_back((from, from + length));
             for source in &mut self.sources {
-                source.prepare(to + length, to + 2 * length);
+                source.prepare(from, from + length);
             }
-            (from, to) = (to, to + length);
             self.send_if_due();
         }
         // Stopping: what is still queued is not sent.
-        self.counters
-            .dropped
-            .fetch_add(self.queue.len() as u64, Relaxed);
-        self.counters.queue_intervals.store(0, Relaxed);
-        self.counters.queue_bytes.store(0, Relaxed);
+        for destination in &mut self.destinations {
+            let counters = &destination.counters;
+            counters
+                .dropped
+                .fetch_add(destination.queue.len() as u64, Relaxed);
+            counters.queue_intervals.store(0, Relaxed);
+            counters.queue_bytes.store(0, Relaxed);
+        }
     }
 
-    /// Renders the ended interval's profiles and queues them as one
-    /// request.
+    /// Renders the ended interval's profiles and queues them, as one
+    /// request, for every destination.
     fn interval_ended(&mut self, from: u64, to: u64) {
-        let mut profiles = Vec::with_capacity(self.sources.len());
-        for source in &mut self.sources {
-            let Some(profile) = source.finish(from, to) else {
+        for destination in &self.destinations {
+            destination.counters.intervals.fetch_add(1, Relaxed);
+        }
+        let profiles: Vec<(&'static str, Profile)> = self
+            .sources
+            .iter_mut()
+            .filter_map(|source| Some((source.name(), source.finish(from, to)?)))
+            .collect();
+        for destination in &mut self.destinations {
+            let counters = &destination.counters;
+            if profiles.is_empty() {
+                counters.failed.fetch_add(1, Relaxed);
                 continue;
-            };
-            match encode_labelled(&profile, SpanLabels::LocalRoot) {
-                Ok(pprof) => profiles.push((source.name(), pprof)),
-                Err(error) => *crate::sync::lock(&self.counters.last_error) = Some(error.to_string()),
             }
+            match destination.encoder.request(&profiles) {
+                Ok(request) => {
+                    let dropped = destination.queue.push(Queued {
+                        request,
+                        profiles: profiles.len() as u64,
+                    });
+                    counters.dropped.fetch_add(dropped, Relaxed);
+                }
+                Err(error) => {
+                    counters.failed.fetch_add(1, Relaxed);
+                    *crate::sync::lock(&counters.last_error) = Some(error);
+                }
+            }
+            destination.publish_queue();
         }
-        if profiles.is_empty() {
-            self.counters.failed.fetch_add(1, Relaxed);
-            return;
-        }
-        let count = profiles.len() as u64;
-        let request = self.builder.request(profiles);
-        let dropped = self.queue.push(Queued {
-            request,
-            profiles: count,
-        });
-        self.counters.dropped.fetch_add(dropped, Relaxed);
-        self.publish_queue();
     }
 
+    fn send_if_due(&mut self) {
+        let Worker {
+            destinations,
+            runtime,
+            timeout,
+            ..
+        } = self;
+        for destination in destinations {
+            destination.send_if_due(runtime, *timeout);
+        }
+    }
+}
+
+impl Destination {
     /// Sends the oldest queued interval, and the next ones while they go
     /// through, unless a backoff is running.
-    fn send_if_due(&mut self) {
+    fn send_if_due(&mut self, runtime: &tokio::runtime::Runtime, timeout: Duration) {
         while let Some(oldest) = self.queue.front() {
             let now = Instant::now();
             if let Some(backoff) = &self.backoff {
@@ -240,28 +399,19 @@ impl Worker {
                 self.counters.retries.fetch_add(1, Relaxed);
             }
             let request = oldest.request.clone();
-            let timeout = self.timeout;
-            let sending = self.transport.export(&request);
-            let result = self.runtime.block_on(async {
-                tokio::time::timeout(timeout, sending)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ExportError::retryable(format!(
-                            "no answer from the Pyroscope server within {timeout:?}"
-                        )))
-                    })
-            });
+            let result = runtime.block_on(self.transport.export(&request, timeout));
             match result {
                 Ok(()) => {
                     self.backoff = None;
-                    let sent = self.queue.pop().expect("the front was there");
-                    self.counters.pushed.fetch_add(1, Relaxed);
-                    self.counters
-                        .profiles_pushed
-                        .fetch_add(sent.profiles, Relaxed);
-                    self.counters
-                        .bytes_pushed
-                        .fetch_add(sent.request.len() as u64, Relaxed);
+                    if let Some(sent) = self.queue.pop() {
+                        self.counters.pushed.fetch_add(1, Relaxed);
+                        self.counters
+                            .profiles_pushed
+                            .fetch_add(sent.profiles, Relaxed);
+                        self.counters
+                            .bytes_pushed
+                            .fetch_add(sent.request.len() as u64, Relaxed);
+                    }
                     *crate::sync::lock(&self.counters.last_error) = None;
                 }
                 Err(error) if error.retry != Retry::Never => {
