@@ -23,6 +23,9 @@
 //! 6. **Spans** ([`spans`]): CPU per traced span, on the thread making it
 //!    and in the whole process until exported, Smolder exporting against
 //!    the OpenTelemetry SDK pipeline.
+//! 7. **Push** ([`push`]): the demo pushing profiles to a stand-in
+//!    Pyroscope, beside one that does not and one whose server is down:
+//!    the push thread's share of the CPU, and memory through the outage.
 //!
 //! ```text
 //! cargo run --release -p smolder-benches                # cost, accounting, memory, render
@@ -55,6 +58,7 @@ mod cost;
 mod http;
 mod impact;
 mod memory;
+mod push;
 mod render;
 mod spans;
 mod sys;
@@ -87,17 +91,20 @@ struct Options {
     render: bool,
     impact: bool,
     spans: bool,
+    push: bool,
     cost_rounds: usize,
     accounting_rounds: usize,
     impact_rounds: usize,
     spans_rounds: usize,
     impact_seconds: u64,
+    /// The push section's measured length (`--push-seconds`).
+    push_seconds: u64,
     impact_targets_only: bool,
     full_history: bool,
 }
 
-const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact|spans]... \
-    [--rounds N] [--seconds S] [--targets-only] [--full-history]\n\
+const USAGE: &str = "usage: smolder-benches [all|cost|accounting|memory|render|impact|spans|push]... \
+    [--rounds N] [--seconds S] [--targets-only] [--full-history] [--push-seconds S]\n\
     \n\
     Runs the chosen sections (default: cost, accounting, memory, render and\n\
     spans; `all` adds impact, which needs wrk). --rounds sets the rounds of\n\
@@ -117,11 +124,13 @@ impl Options {
             render: false,
             impact: false,
             spans: false,
+            push: false,
             cost_rounds: 7,
             accounting_rounds: 3,
             impact_rounds: 5,
             spans_rounds: 3,
             impact_seconds: 8,
+            push_seconds: 180,
             impact_targets_only: false,
             full_history: false,
         };
@@ -148,6 +157,7 @@ impl Options {
                 "render" => options.render = true,
                 "impact" => options.impact = true,
                 "spans" => options.spans = true,
+                "push" => options.push = true,
                 "--rounds" => {
                     let rounds = positive(&mut args)?;
                     options.cost_rounds = rounds;
@@ -156,6 +166,7 @@ impl Options {
                     options.spans_rounds = rounds;
                 }
                 "--seconds" => options.impact_seconds = positive(&mut args)? as u64,
+                "--push-seconds" => options.push_seconds = positive(&mut args)? as u64,
                 "--full-history" => options.full_history = true,
                 "--targets-only" => options.impact_targets_only = true,
                 _ => return child::fail(USAGE),
@@ -166,7 +177,8 @@ impl Options {
             || options.memory
             || options.render
             || options.impact
-            || options.spans)
+            || options.spans
+            || options.push)
         {
             options.cost = true;
             options.accounting = true;
@@ -291,6 +303,13 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
             })?
             .print()?,
         )
+    } else {
+        None
+    };
+    let push = if options.push {
+        let seconds = options.push_seconds;
+        eprintln!("push ({seconds} s, three demos side by side)...");
+        Some(push::run(seconds)?.print())
     } else {
         None
     };
@@ -427,6 +446,13 @@ fn run_parent(args: &[String]) -> Result<(), HarnessError> {
                 (r.cpu_per_request - 1.0) * 100.0
             );
         }
+    }
+    if let Some(percent) = push {
+        println!(
+            "| pushing profiles at defaults <= {} % of the demo's CPU | {percent:.4} % | {} |",
+            push::TARGET_PUSH_CPU_PERCENT,
+            verdict(percent <= push::TARGET_PUSH_CPU_PERCENT)
+        );
     }
     println!(
         "\n(harness ran {:.0} s; load average at the end: {})",

@@ -153,13 +153,13 @@ fn resolve_pyroscope(
             expected,
         })?),
         None => match set("PYROSCOPE_SERVER_ADDRESS") {
-            Some(url) => Some(check_url(&url).map_err(|expected| {
-                Error::InvalidEnvironment {
+            Some(url) => Some(
+                check_url(&url).map_err(|expected| Error::InvalidEnvironment {
                     var: "PYROSCOPE_SERVER_ADDRESS",
                     value: url.clone(),
                     expected,
-                }
-            })?),
+                })?,
+            ),
             None => None,
         },
     };
@@ -279,7 +279,13 @@ fn resolve_pyroscope(
 fn sanitize_label_name(key: &str) -> String {
     let mut name: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');
@@ -394,7 +400,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -436,7 +446,13 @@ mod tests {
             pyroscope(&[]).push_url(),
             "http://pyroscope:4040/push.v1.PusherService/Push"
         );
-        for bad in ["pyroscope:4040", "ftp://x", "http://", "http://h/?x=1", "http://h h"] {
+        for bad in [
+            "pyroscope:4040",
+            "ftp://x",
+            "http://",
+            "http://h/?x=1",
+            "http://h h",
+        ] {
             let error = resolved(&[("PYROSCOPE_SERVER_ADDRESS", bad)]).unwrap_err();
             assert!(
                 error.to_string().contains("PYROSCOPE_SERVER_ADDRESS"),
@@ -500,7 +516,10 @@ mod tests {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.clone())
         };
-        let token = pyroscope(&[("PYROSCOPE_AUTH_TOKEN", "s3cret"), ("PYROSCOPE_TENANT_ID", "team-a")]);
+        let token = pyroscope(&[
+            ("PYROSCOPE_AUTH_TOKEN", "s3cret"),
+            ("PYROSCOPE_TENANT_ID", "team-a"),
+        ]);
         assert_eq!(header(&token, "authorization").unwrap(), "Bearer s3cret");
         assert_eq!(header(&token, "x-scope-orgid").unwrap(), "team-a");
         let basic = pyroscope(&[
@@ -531,7 +550,10 @@ mod tests {
             all.extend_from_slice(pairs);
             let error = resolved(&all).unwrap_err().to_string();
             assert!(error.contains(named), "{error}");
-            assert!(!error.contains("t\"") && !error.contains("\"p\""), "{error}");
+            assert!(
+                !error.contains("t\"") && !error.contains("\"p\""),
+                "{error}"
+            );
         }
     }
 
@@ -582,7 +604,12 @@ mod tests {
             .otlp
             .unwrap();
             assert_eq!(grpc.endpoint, "http://collector:4317");
-            assert!(nowhere.unwrap_err().to_string().contains("SMOLDER_OTLP_PROFILES"));
+            assert!(
+                nowhere
+                    .unwrap_err()
+                    .to_string()
+                    .contains("SMOLDER_OTLP_PROFILES")
+            );
         } else {
             let error = on.unwrap_err().to_string();
             assert!(error.contains("otlp-profiles"), "{error}");
@@ -597,7 +624,10 @@ mod tests {
         assert_eq!(settings.interval, Duration::from_secs(15));
         for bad in ["0s", "10", "1h"] {
             let error = resolved(&[("SMOLDER_PUSH_INTERVAL", bad)]).unwrap_err();
-            assert!(error.to_string().contains("SMOLDER_PUSH_INTERVAL"), "{error}");
+            assert!(
+                error.to_string().contains("SMOLDER_PUSH_INTERVAL"),
+                "{error}"
+            );
         }
     }
 }

@@ -208,7 +208,7 @@ impl Drop for Demo {
 
 /// Finds (and, under `cargo run`, first builds) the demo binary: it sits
 /// next to this harness in `target/release`.
-pub(super) fn demo_binary() -> Result<PathBuf, HarnessError> {
+pub(crate) fn demo_binary() -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

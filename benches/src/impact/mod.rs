@@ -46,7 +46,8 @@ mod wrk;
 use std::path::Path;
 use std::time::Duration;
 
-use self::demo::{Demo, demo_binary};
+use self::demo::Demo;
+pub(crate) use self::demo::demo_binary;
 use self::slice::{Slice, measure_slice};
 use self::variants::{PerVariant, Variant};
 use self::wrk::{WRK_SCRIPT, run_wrk};

@@ -11,6 +11,8 @@ mod formats;
 mod hostile;
 mod http;
 mod http1;
+#[cfg(feature = "otlp-profiles")]
+mod otlp_profiles;
 mod push;
 mod pyroscope;
 mod receiver;

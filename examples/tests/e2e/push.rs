@@ -54,7 +54,10 @@ fn wait_for_stats(
     }
 }
 
-/// The samples of `go tool pprof -raw`: (value lines, labels) per sample.
+/// The samples of `go tool pprof -raw`: the labels of each sample. It
+/// prints a sample's values and stack on one line, then its text labels
+/// on one line (`span_id:[...] span_name:[...] thread:[...]`) and its
+/// numeric ones on another.
 fn raw_samples(raw: &str) -> Vec<BTreeMap<String, String>> {
     let mut samples = Vec::new();
     let mut in_samples = false;
@@ -66,20 +69,27 @@ fn raw_samples(raw: &str) -> Vec<BTreeMap<String, String>> {
         if line.starts_with("Locations") {
             break;
         }
-        if !in_samples {
+        let trimmed = line.trim();
+        if !in_samples || trimmed.is_empty() {
             continue;
         }
-        let trimmed = line.trim();
-        if let Some((key, rest)) = trimmed.split_once(":[") {
-            if let Some(value) = rest.strip_suffix(']')
-                && let Some(sample) = samples.last_mut()
-            {
-                let sample: &mut BTreeMap<String, String> = sample;
-                sample.insert(key.to_owned(), value.to_owned());
+        if !trimmed.contains(":[") {
+            if trimmed.starts_with(|c: char| c.is_ascii_digit()) && trimmed.contains(':') {
+                samples.push(BTreeMap::new());
             }
-        } else if trimmed.contains(':') && trimmed.chars().next().is_some_and(|c| c.is_ascii_digit())
-        {
-            samples.push(BTreeMap::new());
+            continue;
+        }
+        let Some(sample) = samples.last_mut() else {
+            continue;
+        };
+        let sample: &mut BTreeMap<String, String> = sample;
+        let mut rest = trimmed;
+        while let Some(open) = rest.find(":[") {
+            let key = rest[..open].rsplit(' ').next().unwrap_or("").trim();
+            let after = &rest[open + 2..];
+            let close = after.find(']').unwrap_or(after.len());
+            sample.insert(key.to_owned(), after[..close].to_owned());
+            rest = &after[(close + 1).min(after.len())..];
         }
     }
     samples
@@ -119,7 +129,10 @@ fn pushed_profiles_label_samples_with_their_local_root_span_as_exported() {
             ("PYROSCOPE_AUTH_TOKEN", "t0ken"),
             ("PYROSCOPE_TENANT_ID", "team-checkout"),
             ("PYROSCOPE_LABELS", "region=eu-west-1,k8s.pod=traced-0"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "service.version=1.2.3,service.name=ignored"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.version=1.2.3,service.name=ignored",
+            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint()),
         ],
     );
@@ -127,7 +140,11 @@ fn pushed_profiles_label_samples_with_their_local_root_span_as_exported() {
     assert!(traced.rounds() > 0);
     let report = traced.finish();
     assert!(pushes.len() >= 3, "three intervals pushed: {pushes:?}");
-    assert!(pyroscope.rejections().is_empty(), "{:?}", pyroscope.rejections());
+    assert!(
+        pyroscope.rejections().is_empty(),
+        "{:?}",
+        pyroscope.rejections()
+    );
 
     // Headers: Connect, credentials, tenant.
     for push in &pushes {
@@ -180,27 +197,40 @@ fn pushed_profiles_label_samples_with_their_local_root_span_as_exported() {
         );
     }
     for child in spans.iter().filter(|s| s.name() == "cpu_heavy") {
-        assert_eq!(child.string("pyroscope.profile.id"), None, "children do not");
+        assert_eq!(
+            child.string("pyroscope.profile.id"),
+            None,
+            "children do not"
+        );
     }
 
     // Samples in spans carry the local root: its id and name, never the
     // innermost span's (the CPU is all in `cpu_heavy`, under `request`),
     // and no trace id.
     let samples = read_pushed(&pushes, "push-labels");
-    let in_spans: Vec<_> = samples.iter().filter(|s| s.contains_key("span_id")).collect();
+    let in_spans: Vec<_> = samples
+        .iter()
+        .filter(|s| s.contains_key("span_id"))
+        .collect();
     assert!(
         in_spans.len() >= 3,
         "samples in spans: {samples:?}\nreport: {report:?}"
     );
     let mut linked = 0;
     for sample in &in_spans {
-        assert_eq!(sample.get("span_name").map(String::as_str), Some("request"), "{sample:?}");
+        assert_eq!(
+            sample.get("span_name").map(String::as_str),
+            Some("request"),
+            "{sample:?}"
+        );
         assert!(!sample.contains_key("trace_id"), "{sample:?}");
         assert!(sample.contains_key("thread"), "{sample:?}");
         let span_id = &sample["span_id"];
         assert_eq!(span_id.len(), 16, "{sample:?}");
         assert!(
-            !spans.iter().any(|s| s.name() == "cpu_heavy" && &s.span_id() == span_id),
+            !spans
+                .iter()
+                .any(|s| s.name() == "cpu_heavy" && &s.span_id() == span_id),
             "labelled with the innermost span: {sample:?}"
         );
         if roots.contains_key(span_id) {
@@ -265,8 +295,7 @@ fn a_refusing_server_gets_the_same_interval_again_with_backoff() {
     assert!(stats["last_error"].is_null(), "{stats}");
     assert_eq!(count(&stats, "failed"), 0, "{stats}");
     assert!(
-        accepted[0].series[0].profiles[0].0 == tries[0]
-            || count(&stats, "dropped") > 0,
+        accepted[0].series[0].profiles[0].0 == tries[0] || count(&stats, "dropped") > 0,
         "the first refused interval went through, or was counted as dropped: {stats}"
     );
     assert!(traced.rounds() > 0);
@@ -296,10 +325,17 @@ fn an_outage_loses_only_counted_intervals_and_push_resumes() {
     );
     let first = pyroscope.wait_for(Duration::from_secs(30), |p| p.len() >= 5);
     assert!(first.len() >= 5);
-    let before: Vec<Push> = pyroscope.stop().into_iter().filter(|p| p.accepted).collect();
+    let before: Vec<Push> = pyroscope
+        .stop()
+        .into_iter()
+        .filter(|p| p.accepted)
+        .collect();
     std::thread::sleep(Duration::from_secs(30));
     let during = push_stats(&traced);
-    assert!(count(&during, "dropped") > 0, "30 s is 15 intervals: {during}");
+    assert!(
+        count(&during, "dropped") > 0,
+        "30 s is 15 intervals: {during}"
+    );
     assert!(
         count(&during, "queue_intervals") <= count(&during, "queue_max_intervals"),
         "{during}"

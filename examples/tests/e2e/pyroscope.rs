@@ -264,7 +264,11 @@ fn serve(stream: TcpStream, shared: &Shared) {
         let answer = *shared.behaviour.lock().unwrap();
         let writer = reader.get_mut();
         let accepted = answer == Behaviour::Accept;
-        shared.pushes.lock().unwrap().push(Push { accepted, ..push });
+        shared
+            .pushes
+            .lock()
+            .unwrap()
+            .push(Push { accepted, ..push });
         match answer {
             Behaviour::Accept => {
                 let body = proto::PushResponse {}.encode_to_vec();
@@ -327,7 +331,10 @@ fn check(
         return Err(("404 Not Found", format!("no route for {:?}", head.target)));
     }
     if head.method != "POST" {
-        return Err(("405 Method Not Allowed", format!("{} on the push route", head.method)));
+        return Err((
+            "405 Method Not Allowed",
+            format!("{} on the push route", head.method),
+        ));
     }
     match head.header("content-type") {
         Some("application/proto") => {}

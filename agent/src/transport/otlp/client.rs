@@ -20,9 +20,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::grpc::GrpcTransport;
-pub(crate) use crate::transport::outbound::retry::{ExportError, Retry};
 use crate::config::{OtlpProtocol, OtlpSettings};
 use crate::transport::outbound::http::{Destination, HttpTransport};
+pub(crate) use crate::transport::outbound::retry::{ExportError, Retry};
 
 /// A way to the collector.
 pub(crate) enum Transport {
@@ -56,9 +56,7 @@ impl Transport {
                 tls: &settings.tls,
             })
             .map(Transport::Http),
-            OtlpProtocol::Grpc => {
-                GrpcTransport::new(settings, grpc_path).map(Transport::Grpc)
-            }
+            OtlpProtocol::Grpc => GrpcTransport::new(settings, grpc_path).map(Transport::Grpc),
         }
     }
 

@@ -202,9 +202,7 @@ impl HttpTransport {
             .sender
             .send_request(post)
             .await
-            .map_err(|e| {
-                format!("the {} {} dropped the request: {e}", self.noun, self.uri)
-            })?;
+            .map_err(|e| format!("the {} {} dropped the request: {e}", self.noun, self.uri))?;
         let status = response.status();
         let retry_after = response
             .headers()

@@ -25,9 +25,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, InstrumentationScope, KeyValue, any_value,
-};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::profiles::v1development as otlp;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
@@ -78,7 +76,11 @@ impl ProfilesEncoder {
                 .iter()
                 .map(|sample| {
                     let stack = dictionary.stack(
-                        sample.locations.iter().map(|&l| locations[l as usize]).collect(),
+                        sample
+                            .locations
+                            .iter()
+                            .map(|&l| locations[l as usize])
+                            .collect(),
                     );
                     let thread = &profile.threads[sample.thread as usize];
                     let attributes = vec![
@@ -222,18 +224,23 @@ impl Dictionary {
         };
         let next = self.tables.attribute_table.len() as i32;
         let string_table = &self.tables.string_table;
-        let index = *self.attributes.entry((key, interned)).or_insert_with_key(|(_, v)| {
-            let value = match v {
-                AttributeKey::Text(s) => any_value::Value::StringValue(string_table[*s as usize].clone()),
-                AttributeKey::Int(n) => any_value::Value::IntValue(*n),
-            };
-            self.tables.attribute_table.push(otlp::KeyValueAndUnit {
-                key_strindex: key,
-                value: Some(AnyValue { value: Some(value) }),
-                unit_strindex: 0,
+        let index = *self
+            .attributes
+            .entry((key, interned))
+            .or_insert_with_key(|(_, v)| {
+                let value = match v {
+                    AttributeKey::Text(s) => {
+                        any_value::Value::StringValue(string_table[*s as usize].clone())
+                    }
+                    AttributeKey::Int(n) => any_value::Value::IntValue(*n),
+                };
+                self.tables.attribute_table.push(otlp::KeyValueAndUnit {
+                    key_strindex: key,
+                    value: Some(AnyValue { value: Some(value) }),
+                    unit_strindex: 0,
+                });
+                next
             });
-            next
-        });
         index
     }
 
@@ -266,7 +273,9 @@ impl Dictionary {
             return found;
         }
         let location = &profile.locations[index];
-        let mapping_index = location.module.map_or(0, |m| self.mapping(profile, m as usize));
+        let mapping_index = location
+            .module
+            .map_or(0, |m| self.mapping(profile, m as usize));
         let lines = location
             .lines
             .iter()
@@ -369,8 +378,13 @@ mod tests {
     /// A CPU profile of two stacks, one in a span.
     fn profile() -> Profile {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut builder =
-            ProfileBuilder::new(ProfileKind::Cpu, start, Duration::from_secs(10), 100, 10_000_000);
+        let mut builder = ProfileBuilder::new(
+            ProfileKind::Cpu,
+            start,
+            Duration::from_secs(10),
+            100,
+            10_000_000,
+        );
         let main = builder.location(0x1000, &resolved("main"));
         let hot = builder.location(0x2000, &resolved("hot"));
         let span = SpanLabel {
@@ -380,8 +394,22 @@ mod tests {
             local_root: 0x11,
             root_name: "request",
         };
-        builder.sample(vec![hot, main], 7, "worker", Some(span), Vec::new(), [30_000_000, 0, 0, 0]);
-        builder.sample(vec![main], 8, "idle", None, Vec::new(), [10_000_000, 0, 0, 0]);
+        builder.sample(
+            vec![hot, main],
+            7,
+            "worker",
+            Some(span),
+            Vec::new(),
+            [30_000_000, 0, 0, 0],
+        );
+        builder.sample(
+            vec![main],
+            8,
+            "idle",
+            None,
+            Vec::new(),
+            [10_000_000, 0, 0, 0],
+        );
         builder.finish()
     }
 
@@ -450,7 +478,10 @@ mod tests {
             .collect();
         assert_eq!(
             thread,
-            [("thread.name", "worker".to_owned()), ("thread.id", "7".to_owned())]
+            [
+                ("thread.name", "worker".to_owned()),
+                ("thread.id", "7".to_owned())
+            ]
         );
     }
 }

@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::profile::queries::{Capture, Profiler};
 use crate::Profile;
+use crate::profile::queries::{Capture, Profiler};
 
 /// One kind of profile, pushed every interval.
 pub(crate) trait IntervalSource: Send {
@@ -69,7 +69,11 @@ impl IntervalSource for CpuSource {
     fn finish(&mut self, from_ns: u64, _to_ns: u64) -> Option<Profile> {
         // Captures of earlier windows (none, unless an earlier finish was
         // skipped) are let go: dropping one cancels it.
-        while self.captures.front().is_some_and(|(from, _)| *from < from_ns) {
+        while self
+            .captures
+            .front()
+            .is_some_and(|(from, _)| *from < from_ns)
+        {
             self.captures.pop_front();
         }
         match self.captures.front() {
