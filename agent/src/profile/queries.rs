@@ -43,10 +43,13 @@ pub(crate) struct Profiler {
     pub(crate) started: Instant,
     /// The span exporter's counters, once it runs.
     pub(crate) export: std::sync::OnceLock<Arc<ExportCounters>>,
-    /// The profile push's counters, once it runs: Pyroscope's, and the
-    /// OTLP collector's.
-    pub(crate) push: std::sync::OnceLock<(Option<Arc<PushCounters>>, Option<Arc<PushCounters>>)>,
+    /// The profile push's counters, once it runs.
+    pub(crate) push: std::sync::OnceLock<PushDestinations>,
 }
+
+/// The push's counters per destination: Pyroscope's, and the OTLP
+/// collector's (each `None` when it is not one).
+pub(crate) type PushDestinations = (Option<Arc<PushCounters>>, Option<Arc<PushCounters>>);
 
 /// A capture in progress. Dropping it without [`Capture::finish`] cancels it
 /// (an HTTP client that went away, say).

@@ -224,7 +224,7 @@ impl Dictionary {
         };
         let next = self.tables.attribute_table.len() as i32;
         let string_table = &self.tables.string_table;
-        let index = *self
+        *self
             .attributes
             .entry((key, interned))
             .or_insert_with_key(|(_, v)| {
@@ -240,8 +240,7 @@ impl Dictionary {
                     unit_strindex: 0,
                 });
                 next
-            });
-        index
+            })
     }
 
     fn link(&mut self, trace_id: u128, span_id: u64) -> i32 {
