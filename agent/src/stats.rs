@@ -56,7 +56,8 @@ pub struct Stats {
     /// The agent's share of the process's CPU, in percent: handler time plus
     /// the agent's threads over the process total.
     pub overhead_percent: f64,
-    /// Bytes held by the agent's tables, buffers and caches.
+    /// Bytes held by the agent's tables, buffers and caches (the push's
+    /// queued requests included).
     pub memory_bytes: u64,
     /// How far back the always-on history reaches.
     pub history_span: Duration,

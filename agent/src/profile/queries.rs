@@ -373,7 +373,8 @@ impl Profiler {
             + self.shared.scratch.memory_bytes()
             + c.unwind_data_bytes.load(Relaxed) as usize
             + c.table_bytes.load(Relaxed) as usize
-            + crate::sampler::registry::registry().memory_bytes();
+            + crate::sampler::registry::registry().memory_bytes()
+            + self.push_queue_bytes();
         Stats {
             engine: Some(self.engine),
             unwinder: self.config.unwinder,
@@ -425,6 +426,17 @@ impl Profiler {
 
     pub(crate) fn set_export_counters(&self, counters: Arc<ExportCounters>) {
         let _ = self.export.set(counters);
+    }
+
+    /// Bytes of the push's queued requests, over its destinations.
+    fn push_queue_bytes(&self) -> usize {
+        self.push.get().map_or(0, |(pyroscope, otlp)| {
+            [pyroscope, otlp]
+                .into_iter()
+                .flatten()
+                .map(|c| c.queue_bytes.load(Relaxed) as usize)
+                .sum()
+        })
     }
 
     pub(crate) fn set_push_counters(

@@ -367,17 +367,20 @@ pub(crate) fn to_message_labelled(profile: &Profile, spans: SpanLabels) -> proto
 
 /// Encodes and gzips `profile`.
 pub(crate) fn encode(profile: &Profile) -> Result<Vec<u8>, Error> {
-    encode_labelled(profile, SpanLabels::Innermost)
+    encode_labelled(profile, SpanLabels::Innermost, Compression::default())
 }
 
-/// Encodes and gzips `profile`, with samples' spans labelled as `spans`
-/// says.
-pub(crate) fn encode_labelled(profile: &Profile, spans: SpanLabels) -> Result<Vec<u8>, Error> {
+/// Encodes and gzips `profile` at `level`, with samples' spans labelled as
+/// `spans` says. The push compresses at the fastest level: it encodes a
+/// profile every interval, and gzip's default level costs it several times
+/// the CPU for a few percent fewer bytes.
+pub(crate) fn encode_labelled(
+    profile: &Profile,
+    spans: SpanLabels,
+    level: Compression,
+) -> Result<Vec<u8>, Error> {
     let bytes = to_message_labelled(profile, spans).encode_to_vec();
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        Compression::default(),
-    );
+    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), level);
     gz.write_all(&bytes)?;
     Ok(gz.finish()?)
 }

@@ -92,7 +92,6 @@ impl Backoff {
     }
 
     /// When the next try is due.
-    #[cfg(test)]
     pub(crate) fn next_try(&self) -> Instant {
         self.next_try
     }

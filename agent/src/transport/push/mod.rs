@@ -64,9 +64,6 @@ use crate::{Error, Profile};
 use queue::{IntervalQueue, MAX_QUEUED_BYTES, MAX_QUEUED_INTERVALS, Queued};
 use sources::IntervalSource;
 
-/// How often the thread looks at the clock, the queues and the stop flag.
-const TICK: Duration = Duration::from_millis(100);
-
 /// The push thread. Dropping it stops the thread; intervals still queued
 /// are counted as dropped.
 pub(crate) struct PushWorker {
@@ -223,8 +220,12 @@ impl Encoder {
             Encoder::Pyroscope(builder) => {
                 let mut encoded = Vec::with_capacity(profiles.len());
                 for (name, profile) in profiles {
-                    let pprof = encode_labelled(profile, SpanLabels::LocalRoot)
-                        .map_err(|e| e.to_string())?;
+                    let pprof = encode_labelled(
+                        profile,
+                        SpanLabels::LocalRoot,
+                        flate2::Compression::fast(),
+                    )
+                    .map_err(|e| e.to_string())?;
                     encoded.push((*name, pprof));
                 }
                 Ok(builder.request(encoded))
@@ -301,8 +302,11 @@ impl Worker {
             let (from, to) = windows[0];
             if now < to {
                 self.send_if_due();
+                // Asleep until the interval ends or a held request is due
+                // again: the thread wakes a few times an interval, not on a
+                // tick. Stopping unparks it.
                 let until_end = Duration::from_nanos(to.saturating_sub(monotonic_now_ns()));
-                std::thread::park_timeout(until_end.min(TICK));
+                std::thread::park_timeout(until_end.min(self.until_retry()));
                 continue;
             }
             // The interval [from, to) has ended: its profiles, then the
@@ -371,6 +375,19 @@ impl Worker {
             }
             destination.publish_queue();
         }
+    }
+
+    /// How long until the earliest held request may be sent again
+    /// ([`Duration::MAX`] if none is held).
+    fn until_retry(&self) -> Duration {
+        let now = Instant::now();
+        self.destinations
+            .iter()
+            .filter(|d| d.queue.front().is_some())
+            .filter_map(|d| d.backoff.as_ref())
+            .map(|b| b.next_try().saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::MAX)
     }
 
     fn send_if_due(&mut self) {
