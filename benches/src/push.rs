@@ -139,9 +139,28 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The agent's threads, by the prefix of their names (`comm`).
+const AGENT_THREADS: [&str; 5] = [
+    "smolder-collect",
+    "smolder-symbols",
+    "smolder-spans",
+    "smolder-push",
+    "smolder-http",
+];
+
+/// CPU clock ticks of each of the demo's agent threads, in
+/// [`AGENT_THREADS`] order.
+fn thread_ticks(pid: u32) -> [u64; 5] {
+    AGENT_THREADS.map(|prefix| {
+        crate::sys::process_cpu_ticks(pid, prefix).map_or(0, |(_, matching)| matching)
+    })
+}
+
 /// Everything measured.
 pub struct PushResults {
     seconds: u64,
+    /// Per variant: agent threads' CPU ticks over the measured run.
+    threads: Vec<[u64; 5]>,
     /// Per variant: the readings after the warm-up and at the end.
     readings: Vec<(Reading, Reading)>,
     /// Every 10 s: seconds since the start, RSS (KiB) per variant, and the
@@ -171,6 +190,7 @@ pub fn run(seconds: u64) -> Result<PushResults, HarnessError> {
     ];
     std::thread::sleep(WARMUP);
     let first: Vec<Reading> = demos.iter().map(read).collect::<Result<_, _>>()?;
+    let first_ticks: Vec<[u64; 5]> = demos.iter().map(|d| thread_ticks(d.pid)).collect();
     let started = Instant::now();
     let mut memory = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
@@ -180,8 +200,17 @@ pub fn run(seconds: u64) -> Result<PushResults, HarnessError> {
         eprintln!("  push: {}s of {seconds}s", started.elapsed().as_secs());
     }
     let last: Vec<Reading> = demos.iter().map(read).collect::<Result<_, _>>()?;
+    let threads = demos
+        .iter()
+        .zip(&first_ticks)
+        .map(|(d, a)| {
+            let b = thread_ticks(d.pid);
+            std::array::from_fn(|i| b[i].saturating_sub(a[i]))
+        })
+        .collect();
     Ok(PushResults {
         seconds,
+        threads,
         readings: first.into_iter().zip(last).collect(),
         memory,
     })
@@ -218,6 +247,22 @@ impl PushResults {
                 b.dropped,
                 b.retries,
             );
+        }
+        println!(
+            "\nThe agent's threads, CPU over the measured run as % of the process's \
+             (`/proc/<pid>/task/*/stat`, in {} ms ticks):\n",
+            1000 / crate::sys::clock_ticks_per_second()
+        );
+        println!("| demo | {} |", AGENT_THREADS.join(" | "));
+        println!("|---|{}", "---|".repeat(AGENT_THREADS.len()));
+        let tick = 1.0 / crate::sys::clock_ticks_per_second() as f64;
+        for ((name, (a, b)), ticks) in VARIANTS.iter().zip(&self.readings).zip(&self.threads) {
+            let process = (b.process_cpu - a.process_cpu).max(1e-9);
+            let cells: Vec<String> = ticks
+                .iter()
+                .map(|&t| format!("{:.3} %", 100.0 * t as f64 * tick / process))
+                .collect();
+            println!("| {name} | {} |", cells.join(" | "));
         }
         println!(
             "\nMemory while the server is down (resident KiB of each demo; the down demo's push queue):\n"
