@@ -31,7 +31,9 @@ pub(crate) struct Destination<'a> {
     pub(crate) headers: Vec<(String, String)>,
     /// Gzip each body and say so (`Content-Encoding: gzip`).
     pub(crate) gzip: bool,
-    /// Certificates for an `https://` URL.
+    /// Certificates for an `https://` URL (a build without `tls` refuses
+    /// such URLs, and reads none).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls: &'a OtlpTls,
 }
 
